@@ -1,0 +1,464 @@
+//! A route: what it matches, where it sends the request, and the policies between.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+
+/// Index of an upstream in the snapshot's upstream list, resolved at load so the request path
+/// never looks an upstream up by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamId(pub usize);
+
+/// The host condition of a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Exact host name, lower case, without port.
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (stored as `.example.com`).
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Parses `api.example.com` or `*.example.com`.
+    #[must_use]
+    pub fn parse(s: &str) -> Self {
+        let lower = s.to_ascii_lowercase();
+        match lower.strip_prefix('*') {
+            Some(rest) => Self::Suffix(rest.to_owned()),
+            None => Self::Exact(lower),
+        }
+    }
+
+    #[must_use]
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => h == host,
+            Self::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(h) => f.write_str(h),
+            Self::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// The path condition of a route, from most to least specific kind.
+#[derive(Clone, Debug)]
+pub enum PathPattern {
+    /// `path: /health` with no `{}`: equality.
+    Exact(String),
+    /// `path: /users/{id}` or `/files/{*rest}`: segments and named parameters.
+    Template(Template),
+    /// `prefix: /v2`: the path is `/v2` or starts with `/v2/`.
+    Prefix(String),
+    /// `regex: ^/v2/\d+$`.
+    Regex(Regex),
+}
+
+impl PathPattern {
+    /// `path:` values: exact unless they hold a `{parameter}`.
+    pub fn from_path(path: &str) -> Result<Self, String> {
+        if path.contains('{') || path.contains('}') {
+            Template::parse(path).map(Self::Template)
+        } else if !path.starts_with('/') {
+            Err("a path must start with '/'".to_owned())
+        } else {
+            Ok(Self::Exact(path.to_owned()))
+        }
+    }
+
+    /// `prefix:` values. A trailing slash is dropped: `/v2/` and `/v2` mean the same prefix.
+    pub fn from_prefix(prefix: &str) -> Result<Self, String> {
+        if !prefix.starts_with('/') {
+            return Err("a prefix must start with '/'".to_owned());
+        }
+        let trimmed = prefix.trim_end_matches('/');
+        Ok(Self::Prefix(if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            trimmed.to_owned()
+        }))
+    }
+
+    /// True when a normalized path falls under this prefix.
+    #[must_use]
+    pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+        prefix == "/"
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// A short kind name for explain output.
+    #[must_use]
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::Exact(_) => "exact",
+            Self::Template(_) => "template",
+            Self::Prefix(_) => "prefix",
+            Self::Regex(_) => "regex",
+        }
+    }
+}
+
+impl std::fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(p) => f.write_str(p),
+            Self::Template(t) => f.write_str(&t.source),
+            Self::Prefix(p) => write!(f, "{p}*"),
+            Self::Regex(r) => write!(f, "~{}", r.as_str()),
+        }
+    }
+}
+
+/// A path template: literal segments, `{name}` (one segment) and a final `{*name}` (the rest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    pub source: String,
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+    CatchAll(String),
+}
+
+impl Template {
+    pub fn parse(source: &str) -> Result<Self, String> {
+        if !source.starts_with('/') {
+            return Err("a path must start with '/'".to_owned());
+        }
+        let parts: Vec<&str> = source[1..].split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        let mut names: Vec<&str> = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let seg = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
+                let (name, catch_all) = match inner.strip_prefix('*') {
+                    Some(n) => (n, true),
+                    None => (inner, false),
+                };
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!(
+                        "parameter {{{inner}}} must be a name of letters, digits and '_'"
+                    ));
+                }
+                if names.contains(&name) {
+                    return Err(format!("parameter {{{name}}} appears twice"));
+                }
+                names.push(name);
+                if catch_all {
+                    if i + 1 != parts.len() {
+                        return Err(format!("catch-all {{*{name}}} must be the last segment"));
+                    }
+                    Segment::CatchAll(name.to_owned())
+                } else {
+                    Segment::Param(name.to_owned())
+                }
+            } else if part.contains('{') || part.contains('}') {
+                return Err(format!(
+                    "segment \"{part}\" mixes text and a parameter; a parameter must be a whole segment"
+                ));
+            } else {
+                Segment::Literal((*part).to_owned())
+            };
+            segments.push(seg);
+        }
+        Ok(Self {
+            source: source.to_owned(),
+            segments,
+        })
+    }
+
+    /// Number of parameters: fewer is more specific.
+    #[must_use]
+    pub fn param_count(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| !matches!(s, Segment::Literal(_)))
+            .count()
+    }
+
+    /// The same template in matchit's syntax (which this one mirrors).
+    #[must_use]
+    pub fn to_matchit(&self) -> String {
+        let mut out = String::with_capacity(self.source.len());
+        for s in &self.segments {
+            out.push('/');
+            match s {
+                Segment::Literal(l) => {
+                    // matchit reserves braces; literals cannot hold them (rejected above).
+                    out.push_str(l);
+                }
+                Segment::Param(n) => {
+                    out.push('{');
+                    out.push_str(n);
+                    out.push('}');
+                }
+                Segment::CatchAll(n) => {
+                    out.push_str("{*");
+                    out.push_str(n);
+                    out.push('}');
+                }
+            }
+        }
+        out
+    }
+
+    /// Matches a normalized path by segments. Used when the radix tree's single best answer
+    /// was filtered out by method or headers and a less specific template must be tried.
+    #[must_use]
+    pub fn matches(&self, path: &str) -> bool {
+        let mut rest = path.strip_prefix('/').unwrap_or(path);
+        for (i, seg) in self.segments.iter().enumerate() {
+            if let Segment::CatchAll(_) = seg {
+                return !rest.is_empty();
+            }
+            let (head, tail) = match rest.find('/') {
+                Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+                None => (rest, None),
+            };
+            let ok = match seg {
+                Segment::Literal(l) => head == l,
+                Segment::Param(_) => !head.is_empty(),
+                Segment::CatchAll(_) => true,
+            };
+            if !ok {
+                return false;
+            }
+            let last = i + 1 == self.segments.len();
+            match tail {
+                Some(t) if !last => rest = t,
+                None if last => return true,
+                _ => return false,
+            }
+        }
+        false
+    }
+}
+
+/// HTTP methods as a bit set, so the method check is one AND.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MethodSet(u16);
+
+impl MethodSet {
+    pub const NAMES: [&'static str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    ];
+
+    /// Empty set: the route accepts every method.
+    pub const ANY: Self = Self(0);
+
+    /// Bit for a method name, or `None` for a method weir does not route on.
+    #[must_use]
+    pub fn bit(method: &str) -> Option<u16> {
+        Self::NAMES
+            .iter()
+            .position(|m| *m == method)
+            .map(|i| 1 << i)
+    }
+
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut bits = 0;
+        for name in names {
+            bits |= Self::bit(name).ok_or_else(|| {
+                format!(
+                    "unknown method \"{name}\" (one of {})",
+                    Self::NAMES.join(", ")
+                )
+            })?;
+        }
+        Ok(Self(bits))
+    }
+
+    #[must_use]
+    pub const fn is_any(self) -> bool {
+        self.0 == 0
+    }
+
+    /// `bit` is the request's method bit; 0 for an extension method (matches only ANY).
+    #[must_use]
+    pub const fn contains(self, bit: u16) -> bool {
+        self.0 == 0 || self.0 & bit != 0
+    }
+
+    /// True when some method is accepted by both sets.
+    #[must_use]
+    pub const fn intersects(self, other: Self) -> bool {
+        self.0 == 0 || other.0 == 0 || self.0 & other.0 != 0
+    }
+
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, n)| *n)
+    }
+}
+
+/// A header condition: the request must carry `name` with exactly `value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderCondition {
+    /// Lower case.
+    pub name: String,
+    pub value: String,
+}
+
+/// Everything a route matches on.
+#[derive(Clone, Debug)]
+pub struct RouteMatch {
+    pub host: Option<HostPattern>,
+    pub path: PathPattern,
+    pub methods: MethodSet,
+    pub headers: Vec<HeaderCondition>,
+}
+
+/// A fixed response from `respond:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Arc<str>,
+}
+
+/// Where a matched request goes.
+#[derive(Clone, Debug)]
+pub enum RouteAction {
+    Upstream(UpstreamId),
+    Respond(StaticResponse),
+}
+
+/// Path rewriting before forwarding: strip a prefix, rewrite by regex, then add a prefix.
+#[derive(Clone, Debug, Default)]
+pub struct PathTransform {
+    pub strip_prefix: Option<String>,
+    pub rewrite: Option<(Regex, String)>,
+    pub add_prefix: Option<String>,
+}
+
+impl PathTransform {
+    #[must_use]
+    pub fn is_identity(&self) -> bool {
+        self.strip_prefix.is_none() && self.rewrite.is_none() && self.add_prefix.is_none()
+    }
+
+    /// Applies the transform to a normalized path. Stripping stops at a segment boundary, and
+    /// the result always starts with `/`.
+    #[must_use]
+    pub fn apply(&self, path: &str) -> String {
+        let mut out: String = path.to_owned();
+        if let Some(prefix) = &self.strip_prefix
+            && prefix != "/"
+            && PathPattern::prefix_matches(prefix, &out)
+        {
+            out = out[prefix.len()..].to_owned();
+            if !out.starts_with('/') {
+                out.insert(0, '/');
+            }
+        }
+        if let Some((regex, to)) = &self.rewrite {
+            if let std::borrow::Cow::Owned(rewritten) = regex.replace(&out, to.as_str()) {
+                out = rewritten;
+            }
+            if !out.starts_with('/') {
+                out.insert(0, '/');
+            }
+        }
+        if let Some(prefix) = &self.add_prefix {
+            let trimmed = prefix.trim_end_matches('/');
+            out = if out == "/" && !trimmed.is_empty() {
+                trimmed.to_owned()
+            } else {
+                format!("{trimmed}{out}")
+            };
+        }
+        out
+    }
+}
+
+/// A compiled route.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub name: String,
+    /// Position in the file: the last tie-breaker.
+    pub index: usize,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub priority: i32,
+    pub timeout: Option<Duration>,
+    pub max_body_bytes: Option<u64>,
+    pub path_transform: PathTransform,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_matching() {
+        let t = Template::parse("/users/{id}/posts").unwrap();
+        assert!(t.matches("/users/7/posts"));
+        assert!(!t.matches("/users/7"));
+        assert!(!t.matches("/users//posts"));
+        assert!(!t.matches("/users/7/posts/x"));
+        let c = Template::parse("/files/{*rest}").unwrap();
+        assert!(c.matches("/files/a/b"));
+        assert!(!c.matches("/files/"));
+        assert_eq!(c.param_count(), 1);
+        assert!(Template::parse("/a/{*x}/b").is_err());
+        assert!(Template::parse("/a/x{y}").is_err());
+        assert!(Template::parse("/a/{y}/{y}").is_err());
+    }
+
+    #[test]
+    fn prefix_respects_segments() {
+        assert!(PathPattern::prefix_matches("/v2", "/v2"));
+        assert!(PathPattern::prefix_matches("/v2", "/v2/x"));
+        assert!(!PathPattern::prefix_matches("/v2", "/v20"));
+        assert!(PathPattern::prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn path_transform_order_is_strip_rewrite_add() {
+        let t = PathTransform {
+            strip_prefix: Some("/v2".into()),
+            rewrite: Some((Regex::new(r"^/orders/(\d+)$").unwrap(), "/o/$1".into())),
+            add_prefix: Some("/internal".into()),
+        };
+        assert_eq!(t.apply("/v2/orders/5"), "/internal/o/5");
+        assert_eq!(t.apply("/v2"), "/internal");
+        let strip = PathTransform {
+            strip_prefix: Some("/api".into()),
+            ..Default::default()
+        };
+        assert_eq!(strip.apply("/api"), "/");
+        assert_eq!(strip.apply("/apix"), "/apix");
+    }
+
+    #[test]
+    fn methods() {
+        let m = MethodSet::from_names(["GET", "PUT"]).unwrap();
+        assert!(m.contains(MethodSet::bit("GET").unwrap()));
+        assert!(!m.contains(MethodSet::bit("POST").unwrap()));
+        assert!(!m.contains(0));
+        assert!(MethodSet::ANY.contains(0));
+        assert_eq!(m.names().collect::<Vec<_>>(), ["GET", "PUT"]);
+        assert!(MethodSet::from_names(["FETCH"]).is_err());
+    }
+}
