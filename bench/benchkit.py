@@ -266,6 +266,11 @@ def _num(v, digits=0):
     return "–" if v is None else f"{v:,.{digits}f}"
 
 
+def _other(v):
+    """foreign CPU during the runs: above ~10 % of a core the cell is not trustworthy"""
+    return "–" if v is None else (f"{v:.0f} noisy!" if v > 10 else f"{v:.0f}")
+
+
 def _ratio(v, ref):
     return "–" if v is None or not ref else f"{v / ref:.2f}"
 
@@ -291,7 +296,8 @@ def cmd_report(a):
                 "latency and CPU µs/req: lower is better). `proxy CPU µs/req` = user+system CPU of the whole proxy "
                 "process tree during the run / requests completed. `proxy busy` = proxy CPU / wall time (100 = one "
                 "full core). `load CPU busy` = busy % of the core running wrk + origin (pinned mode). `other` = CPU "
-                "used by processes that are not part of the benchmark (noise; % of one core).", "",
+                "used by processes that are not part of the benchmark (% of one core; `noisy!` above 10: re-run on a quiet "
+                "machine).", "",
                 "| mode | body | proxy | req/s (min–max) | x nginx | p50 ms | x nginx | p99 ms | x nginx "
                 "| proxy CPU µs/req | x nginx | proxy busy % | load CPU busy % | other % | errors |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -319,7 +325,7 @@ def cmd_report(a):
                     f"| {_num(m['proxy_cpu_us_per_req'], 1)} | {_ratio(m['proxy_cpu_us_per_req'], rm.get('proxy_cpu_us_per_req'))} "
                     f"| {_num(_med(rows, 'proxy_busy_pct'))} "
                     f"| {_num(_med(rows, load_cpu)) if mode == 'pinned' else 'n/a'} "
-                    f"| {_num(_med(rows, 'other_pct'))} | {err} |")
+                    f"| {_other(_med(rows, 'other_pct'))} | {err} |")
         out.append("")
     if mem:
         n = mem[0].get("target")

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod clock;
 pub mod error;
 pub mod health;
+pub mod net;
 pub mod path;
 pub mod route;
 pub mod router;
