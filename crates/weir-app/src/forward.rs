@@ -1,0 +1,34 @@
+//! The port to the upstream client.
+
+use std::future::Future;
+
+use http::{Request, Response};
+
+/// Why forwarding failed, as far as the pipeline needs to know.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// No connection could be made (refused, unreachable, connect timeout).
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The request body exceeded the route's limit while streaming.
+    BodyTooLarge,
+    /// The upstream closed or broke the exchange before a response head arrived.
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connect failed: {e}"),
+            Self::BodyTooLarge => f.write_str("request body too large"),
+            Self::Other(e) => write!(f, "upstream exchange failed: {e}"),
+        }
+    }
+}
+
+/// Sends a request (already rewritten for the upstream, with an absolute URI naming the
+/// target) and resolves with the response head; the body streams afterwards.
+pub trait Forwarder<B>: Send + Sync + 'static {
+    type ResBody: Send + 'static;
+
+    fn forward(&self, req: Request<B>) -> impl Future<Output = Result<Response<Self::ResBody>, ForwardError>> + Send;
+}

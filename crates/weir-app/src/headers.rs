@@ -1,0 +1,191 @@
+//! What weir adds to and removes from traffic (contract §4).
+//!
+//! Hop-by-hop headers describe one connection, so they never cross the gateway in either
+//! direction, nor do headers the sender listed in `Connection`, except that weir's own
+//! headers are added after that removal and so cannot be stripped by a client naming them.
+//! `X-Forwarded-*` from a client is believed only when the peer is a trusted proxy;
+//! otherwise weir replaces it, so an upstream never sees a forged client address.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use weir_domain::net::Cidr;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+const HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+];
+
+/// True for an HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header (WebSocket).
+#[must_use]
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")))
+}
+
+/// Removes hop-by-hop headers. For an upgrade, `Connection: upgrade` and `Upgrade` stay,
+/// because the upstream must see them to agree to the switch. `TE: trailers` stays, because
+/// gRPC needs it end to end.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Plain `keep-alive` / `close` name no other header: skip the allocation.
+    if let Some(conn) = headers.get(header::CONNECTION)
+        && (conn.as_bytes().contains(&b',') || !is_standard_connection_token(conn.as_bytes()))
+    {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (*name == header::UPGRADE || *name == header::CONNECTION) {
+            continue;
+        }
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn is_standard_connection_token(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") || v.eq_ignore_ascii_case(b"upgrade")
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+#[must_use]
+pub fn client_ip(peer: IpAddr, peer_trusted: bool, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    if !peer_trusted {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(s) = value.to_str() else { return client };
+        for entry in s.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else { return client };
+            client = ip;
+            if !trusted.iter().any(|c| c.contains(ip)) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` for the upstream. `peer_value` is the peer's
+/// address, rendered once per connection.
+pub fn set_forwarded(headers: &mut HeaderMap, peer_value: &HeaderValue, peer_trusted: bool, host: Option<&HeaderValue>) {
+    let prior = if peer_trusted { headers.get(&X_FORWARDED_FOR) } else { None };
+    let xff = match prior {
+        Some(p) => {
+            let mut v = Vec::with_capacity(p.len() + 2 + peer_value.len());
+            v.extend_from_slice(p.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer_value.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_value.clone())
+        }
+        None => peer_value.clone(),
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => {
+                headers.insert(&X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("x-keep", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_headers_survive_for_websocket() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forged_forwarded_for_is_replaced_unless_peer_is_trusted() {
+        let peer = HeaderValue::from_static("192.0.2.1");
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil")]);
+        set_forwarded(&mut h, &peer, false, Some(&HeaderValue::from_static("api.example.com")));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
+        set_forwarded(&mut h, &peer, true, None);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 192.0.2.1");
+    }
+
+    #[test]
+    fn client_ip_walks_trusted_hops() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let h = map(&[("x-forwarded-for", "203.0.113.9, 10.0.0.2")]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(peer, true, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, false, &h, &trusted), peer);
+    }
+}

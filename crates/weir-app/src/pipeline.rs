@@ -1,0 +1,350 @@
+//! The request pipeline, top to bottom. Each step is one line with the reason it is there.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use weir_domain::ErrorKind;
+use weir_domain::balance::hash_key;
+use weir_domain::health::{self, Transition};
+use weir_domain::net::Cidr;
+use weir_domain::path;
+use weir_domain::route::{MethodSet, Route, RouteAction};
+use weir_domain::router::{Lookup, RequestHead, RouteTable};
+use weir_domain::upstream::{HashKey, InFlight, Target, Upstream};
+
+use crate::body::LimitedBody;
+use crate::error::GatewayError;
+use crate::forward::{ForwardError, Forwarder};
+use crate::headers;
+use crate::request_id;
+
+/// One connection's facts, computed once when it is accepted.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer address as a header value, for `X-Forwarded-For`.
+    pub peer_value: HeaderValue,
+    pub peer_trusted: bool,
+}
+
+impl ConnInfo {
+    #[must_use]
+    pub fn new(peer: SocketAddr, trusted: &[Cidr]) -> Self {
+        let ip = peer.ip().to_canonical();
+        let peer_value = HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { peer, peer_value, peer_trusted: trusted.iter().any(|c| c.contains(ip)) }
+    }
+}
+
+/// What the pipeline learned about a request, for the access log and metrics, filled in as
+/// far as the request got.
+#[derive(Debug)]
+pub struct Exchange {
+    pub request_id: HeaderValue,
+    pub client_ip: IpAddr,
+    pub route: Option<usize>,
+    pub upstream: Option<usize>,
+    pub target: Option<Arc<Target>>,
+}
+
+/// How the request was answered when it did not fail.
+#[derive(Debug)]
+pub enum Outcome<R> {
+    /// The upstream's response, and the guard that keeps the target's in-flight count until
+    /// the response body is done.
+    Proxied(Response<R>, InFlight),
+    /// The matched route answers with its `respond:` (index into the route table).
+    Respond(usize),
+}
+
+/// One config generation's request pipeline: routes, upstreams and their forwarders.
+#[derive(Debug)]
+pub struct Gateway<F> {
+    pub routes: RouteTable,
+    pub upstreams: Vec<Upstream>,
+    /// One forwarder per upstream (same index), each with its own connection pool.
+    pub forwarders: Vec<F>,
+    /// `[upstream][target]`: each target's authority, parsed once.
+    authorities: Vec<Vec<Authority>>,
+    pub trusted_proxies: Vec<Cidr>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+}
+
+impl<F> Gateway<F> {
+    /// Assembles a pipeline. Target authorities were validated by the config layer; one that
+    /// still fails to parse is a bug reported here rather than per request.
+    pub fn new(
+        routes: RouteTable,
+        upstreams: Vec<Upstream>,
+        forwarders: Vec<F>,
+        trusted_proxies: Vec<Cidr>,
+        max_header_bytes: usize,
+        max_body_bytes: u64,
+    ) -> Result<Self, String> {
+        let authorities = upstreams
+            .iter()
+            .map(|u| {
+                u.targets
+                    .iter()
+                    .map(|t| {
+                        Authority::try_from(t.addr.authority.as_str()).map_err(|e| format!("target {}: {e}", t.url))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { routes, upstreams, forwarders, authorities, trusted_proxies, max_header_bytes, max_body_bytes })
+    }
+
+    /// The route at `index` (from [`Outcome::Respond`] or [`Exchange::route`]).
+    #[must_use]
+    pub fn route(&self, index: usize) -> &Route {
+        &self.routes.routes()[index]
+    }
+}
+
+struct Head<'a> {
+    host: Option<&'a str>,
+    method_bit: u16,
+    headers: &'a http::HeaderMap,
+}
+
+impl RequestHead for Head<'_> {
+    fn host(&self) -> Option<&str> {
+        self.host
+    }
+    fn method_bit(&self) -> u16 {
+        self.method_bit
+    }
+    fn header(&self, lower_name: &str) -> Option<&[u8]> {
+        self.headers.get(lower_name).map(HeaderValue::as_bytes)
+    }
+}
+
+impl<F> Gateway<F> {
+    /// Takes a request from the edge to an upstream response (or a static one).
+    pub async fn handle<B>(
+        &self,
+        mut req: Request<B>,
+        conn: &ConnInfo,
+        ex: &mut Exchange,
+    ) -> Result<Outcome<F::ResBody>, GatewayError>
+    where
+        F: Forwarder<LimitedBody<B>>,
+    {
+        // Oversized heads are refused before any work is spent on them.
+        check_header_size(req.headers(), self.max_header_bytes)?;
+        // Route and forward the same normalized path, so they cannot disagree.
+        let path = path::normalize(req.uri().path())
+            .map_err(|e| GatewayError::new(ErrorKind::BadRequest, e.to_string()))?;
+        // The client address other policies and the log use; trusted proxies are looked through.
+        ex.client_ip = headers::client_ip(conn.peer.ip().to_canonical(), conn.peer_trusted, req.headers(), &self.trusted_proxies);
+        let host = request_host(&req);
+        let head = Head {
+            host: host.as_deref(),
+            method_bit: MethodSet::bit(req.method().as_str()).unwrap_or(0),
+            headers: req.headers(),
+        };
+        let found = match self.routes.lookup(&head, &path) {
+            Lookup::Found(f) => f,
+            Lookup::MethodNotAllowed(allow) => return Err(GatewayError::method_not_allowed(allow)),
+            Lookup::NotFound => {
+                return Err(GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"));
+            }
+        };
+        let route = found.route;
+        ex.route = Some(route.index);
+        // A declared body over the limit is refused before it is read; chunked bodies are
+        // cut off while streaming by `LimitedBody`.
+        let max_body = route.max_body_bytes.unwrap_or(self.max_body_bytes);
+        if content_length(req.headers()).is_some_and(|n| n > max_body) {
+            return Err(payload_too_large(max_body));
+        }
+        let upstream_id = match &route.action {
+            RouteAction::Respond(_) => return Ok(Outcome::Respond(route.index)),
+            RouteAction::Upstream(id) => id.0,
+        };
+        ex.upstream = Some(upstream_id);
+        let upstream = &self.upstreams[upstream_id];
+        // Only healthy targets are candidates; none left is the contract's 503.
+        let hash = upstream.hash_key.as_ref().map(|k| key_hash(k, &req, &path, ex.client_ip));
+        let Some(target_index) = upstream.balancer.pick(&upstream.targets, hash, request_id::next_random()) else {
+            return Err(GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("upstream \"{}\" has no healthy target", upstream.name),
+            ));
+        };
+        let target = &upstream.targets[target_index];
+        ex.target = Some(Arc::clone(target));
+        // The path the upstream sees: normalized, then the route's rewrite.
+        let upstream_path = if route.path_transform.is_identity() {
+            path
+        } else {
+            Cow::Owned(route.path_transform.apply(&path))
+        };
+        let client_authority = req.uri().authority().cloned();
+        *req.uri_mut() = upstream_uri(req.uri(), &upstream_path, &self.authorities[upstream_id][target_index])?;
+        // Hop-by-hop out, X-Forwarded-* and the request id in (after, so a client cannot
+        // name them in `Connection` to strip them).
+        let upgrade = headers::is_upgrade(req.headers());
+        let host_value = req.headers().get(header::HOST).cloned();
+        let h = req.headers_mut();
+        headers::remove_hop_by_hop(h, upgrade);
+        headers::set_forwarded(h, &conn.peer_value, conn.peer_trusted, host_value.as_ref());
+        h.insert(&headers::X_REQUEST_ID, ex.request_id.clone());
+        if host_value.is_none()
+            && let Some(a) = client_authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            // HTTP/2 clients name the host in :authority; pass it on as `Host`.
+            h.insert(header::HOST, a);
+        }
+        let req = req.map(|b| LimitedBody::new(b, max_body));
+        let in_flight = target.start_request();
+        let timeout = route.timeout.unwrap_or(upstream.timeouts.request);
+        let forwarded = tokio::time::timeout(timeout, self.forwarders[upstream_id].forward(req)).await;
+        let response = match forwarded {
+            Err(_) => return Err(timed_out(timeout)),
+            Ok(Err(ForwardError::BodyTooLarge)) => return Err(payload_too_large(max_body)),
+            Ok(Err(ForwardError::Connect(e))) => {
+                report_failure(upstream, target, &*e);
+                return Err(GatewayError::new(ErrorKind::BadGateway, "could not connect to the upstream"));
+            }
+            Ok(Err(ForwardError::Other(e))) => {
+                tracing::warn!(upstream = %upstream.name, target = %target.url, error = %e, "upstream exchange failed");
+                return Err(GatewayError::new(ErrorKind::BadGateway, "the upstream failed to answer"));
+            }
+            Ok(Ok(r)) => r,
+        };
+        Ok(Outcome::Proxied(response, in_flight))
+    }
+}
+
+/// Connection errors count against a target's health when active checks run, so a dead
+/// target leaves rotation without waiting for the next probe. Without active checks nothing
+/// would bring it back, so they are only logged.
+fn report_failure(upstream: &Upstream, target: &Target, error: &(dyn std::error::Error + Send + Sync)) {
+    tracing::warn!(upstream = %upstream.name, target = %target.url, error = %error, "connect to target failed");
+    if let Some(policy) = &upstream.health_check
+        && health::record(target, policy, false) == Some(Transition::BecameUnhealthy)
+    {
+        tracing::warn!(upstream = %upstream.name, target = %target.url, "target unhealthy after connection errors");
+    }
+}
+
+fn check_header_size(headers: &http::HeaderMap, max: usize) -> Result<(), GatewayError> {
+    let mut total = 0usize;
+    for (name, value) in headers {
+        total += name.as_str().len() + value.len() + 4;
+    }
+    if total > max {
+        return Err(GatewayError::new(
+            ErrorKind::HeadersTooLarge,
+            format!("request headers exceed {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn payload_too_large(max: u64) -> GatewayError {
+    GatewayError::new(ErrorKind::PayloadTooLarge, format!("request body exceeds {max} bytes"))
+}
+
+fn timed_out(timeout: Duration) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::GatewayTimeout,
+        format!("the upstream did not answer within {}ms", timeout.as_millis()),
+    )
+}
+
+/// Lower-case host without port, from `Host` or (HTTP/2) the URI authority.
+fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().host()?,
+    };
+    let host = strip_port(raw);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &host[..=h.len()]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn key_hash<B>(key: &HashKey, req: &Request<B>, path: &str, ip: IpAddr) -> u64 {
+    match key {
+        HashKey::Header(name) => req.headers().get(name.as_str()).map_or(0, |v| hash_key(v.as_bytes())),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(name.as_str()).and_then(|r| r.strip_prefix('=')))
+            .map_or(0, |v| hash_key(v.as_bytes())),
+        HashKey::Ip => match ip {
+            IpAddr::V4(v4) => hash_key(&v4.octets()),
+            IpAddr::V6(v6) => hash_key(&v6.octets()),
+        },
+        HashKey::Path => hash_key(path.as_bytes()),
+    }
+}
+
+/// `http://target` + the path (reusing the original bytes when the path is unchanged) + query.
+fn upstream_uri(original: &Uri, path: &str, authority: &Authority) -> Result<Uri, GatewayError> {
+    let path_and_query = match (original.path_and_query(), original.query()) {
+        (Some(pq), _) if pq.path() == path => pq.clone(),
+        (_, query) => {
+            let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+            s.push_str(path);
+            if let Some(q) = query {
+                s.push('?');
+                s.push_str(q);
+            }
+            PathAndQuery::try_from(s)
+                .map_err(|_| GatewayError::new(ErrorKind::BadRequest, "the rewritten path is not a valid URI path"))?
+        }
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|_| GatewayError::new(ErrorKind::BadRequest, "cannot build the upstream URI"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(strip_port("api.example.com:8080"), "api.example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("x"), "x");
+    }
+
+    #[test]
+    fn uri_keeps_query_and_reuses_bytes() {
+        let a = Authority::from_static("10.0.0.1:80");
+        let u = upstream_uri(&"/a/b?x=1".parse().unwrap(), "/a/b", &a).unwrap();
+        assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b?x=1");
+        let u = upstream_uri(&"/a/./b?x=1".parse().unwrap(), "/a/b", &a).unwrap();
+        assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b?x=1");
+    }
+}
