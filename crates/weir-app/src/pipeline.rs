@@ -50,6 +50,15 @@ pub struct Exchange {
     pub route: Option<usize>,
     pub upstream: Option<usize>,
     pub target: Option<Arc<Target>>,
+    /// The target's index in its upstream, for per-target metrics.
+    pub target_index: Option<usize>,
+}
+
+impl Exchange {
+    #[must_use]
+    pub fn new(request_id: HeaderValue, client_ip: IpAddr) -> Self {
+        Self { request_id, client_ip, route: None, upstream: None, target: None, target_index: None }
+    }
 }
 
 /// How the request was answered when it did not fail.
@@ -181,6 +190,7 @@ impl<F> Gateway<F> {
         };
         let target = &upstream.targets[target_index];
         ex.target = Some(Arc::clone(target));
+        ex.target_index = Some(target_index);
         // The path the upstream sees: normalized, then the route's rewrite.
         let upstream_path = if route.path_transform.is_identity() {
             path

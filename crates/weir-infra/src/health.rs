@@ -29,20 +29,21 @@ impl Drop for Checks {
 impl Checks {
     /// Starts probes for every upstream with `health_check.active`.
     #[must_use]
-    pub fn start(upstreams: &[Arc<Upstream>]) -> Self {
+    pub fn start(upstreams: &[Upstream]) -> Self {
         let mut tasks = Vec::new();
         for upstream in upstreams {
             let Some(policy) = upstream.health_check.clone() else { continue };
             let client = UpstreamClient::<Empty<Bytes>>::new(upstream.protocol, upstream.timeouts.connect.min(policy.timeout));
+            let name: Arc<str> = Arc::from(upstream.name.as_str());
+            let count = upstream.targets.len().max(1) as u32;
             for (i, target) in upstream.targets.iter().enumerate() {
-                let upstream = Arc::clone(upstream);
+                let name = Arc::clone(&name);
                 let target = Arc::clone(target);
                 let client = client.clone();
                 let policy = policy.clone();
                 tasks.push(tokio::spawn(async move {
                     // Spread the first probes over the interval so targets are not probed in lockstep.
-                    let n = upstream.targets.len().max(1) as u32;
-                    tokio::time::sleep(policy.interval / n * i as u32).await;
+                    tokio::time::sleep(policy.interval / count * i as u32).await;
                     let mut tick = tokio::time::interval(policy.interval);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
@@ -50,10 +51,10 @@ impl Checks {
                         let ok = probe(&client, &target, &policy.path, policy.timeout).await;
                         match health::record(&target, &policy, ok) {
                             Some(Transition::BecameUnhealthy) => tracing::warn!(
-                                upstream = %upstream.name, target = %target.url, "target failed health checks; out of rotation"
+                                upstream = %name, target = %target.url, "target failed health checks; out of rotation"
                             ),
                             Some(Transition::BecameHealthy) => tracing::info!(
-                                upstream = %upstream.name, target = %target.url, "target passed health checks; back in rotation"
+                                upstream = %name, target = %target.url, "target passed health checks; back in rotation"
                             ),
                             None => {}
                         }

@@ -93,7 +93,8 @@ impl Histogram {
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// Appends the histogram's bucket, sum and count lines.
+    pub fn render_into(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, bound) in BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
@@ -181,7 +182,7 @@ pub fn render_routes<'a>(out: &mut String, routes: impl Iterator<Item = (&'a str
     }
     family(out, "weir_request_duration_seconds", "histogram", "Time from request head to the end of the response body.");
     for (name, m) in routes {
-        m.duration.render(out, "weir_request_duration_seconds", &format!("route=\"{}\"", label(name)));
+        m.duration.render_into(out, "weir_request_duration_seconds", &format!("route=\"{}\"", label(name)));
     }
 }
 
@@ -209,7 +210,7 @@ mod tests {
         h.observe(Duration::from_millis(20));
         h.observe(Duration::from_secs(60));
         let mut out = String::new();
-        h.render(&mut out, "x", "route=\"r\"");
+        h.render_into(&mut out, "x", "route=\"r\"");
         assert!(out.contains("x_bucket{route=\"r\",le=\"0.001\"} 1\n"));
         assert!(out.contains("x_bucket{route=\"r\",le=\"0.025\"} 2\n"));
         assert!(out.contains("x_bucket{route=\"r\",le=\"10\"} 2\n"));

@@ -1,1 +1,30 @@
-//! weir
+//! weir's interface layer and composition root.
+//!
+//! The command line, the listeners and the hyper server, the per-request edge (snapshot,
+//! pipeline, response), the single error-to-problem+json mapper, the admin API, shutdown,
+//! and the wiring of config, domain, application and infrastructure into a running gateway.
+//! This is the only crate that may name every other one; `main.rs` only calls [`cli::main`].
+
+pub mod activity;
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod explain;
+pub mod forward;
+pub mod logging;
+pub mod problem;
+pub mod server;
+pub mod service;
+pub mod signals;
+pub mod snapshot;
+pub mod start;
+
+pub use start::{Running, StartError, start};
+
+/// Cargo features compiled in, for `weir version`.
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "jemalloc")]
+    "jemalloc",
+    "http1",
+    "h2c",
+];

@@ -1,0 +1,163 @@
+//! Connection timeouts that hyper alone cannot express: a slow request head
+//! (`header_read_timeout`, the slowloris guard) and an idle keep-alive connection
+//! (`idle_timeout`) are different clocks. hyper's own header timeout also runs while a
+//! keep-alive connection waits for its next request, which would make every idle connection
+//! close after the header timeout; so weir tracks both itself.
+//!
+//! The socket wrapper notes when bytes of a new request head arrive and when response bytes
+//! leave; the service notes requests starting and ending; a watchdog per connection sleeps
+//! until the nearest deadline and ends the connection if nothing moved it.
+
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+fn now_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// Shared between the socket wrapper, the service and the watchdog of one connection.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicU32,
+    /// When the first byte of the next request head arrived; 0 when none is pending.
+    head_since: AtomicU64,
+    /// Last time the connection became or stayed idle.
+    idle_since: AtomicU64,
+    /// HTTP/2 multiplexes: there is no "request head in progress" to time.
+    multiplexed: AtomicBool,
+}
+
+impl Default for Activity {
+    /// A fresh connection must deliver its first request head within the header timeout.
+    fn default() -> Self {
+        let now = now_ms();
+        Self {
+            in_flight: AtomicU32::new(0),
+            head_since: AtomicU64::new(now),
+            idle_since: AtomicU64::new(now),
+            multiplexed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Activity {
+
+    /// A request head is complete and handed to the service.
+    pub fn request_started(&self, http2: bool) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+        if http2 {
+            self.multiplexed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The service returned its response (the body may still be streaming).
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.idle_since.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn on_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn on_write(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.idle_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when the connection should be closed for slowness or idleness.
+    pub async fn watchdog(&self, header_timeout: Duration, idle_timeout: Duration) {
+        let header_ms = u64::try_from(header_timeout.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let now = now_ms();
+            let head = self.head_since.load(Ordering::Relaxed);
+            let deadline = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // Requests in flight are bounded by upstream and body timeouts, not here.
+                now.saturating_add(idle_ms)
+            } else if head != 0 && !self.multiplexed.load(Ordering::Relaxed) {
+                head.saturating_add(header_ms)
+            } else {
+                self.idle_since.load(Ordering::Relaxed).saturating_add(idle_ms)
+            };
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A socket that reports traffic to its connection's [`Activity`].
+    pub struct Watched<S> {
+        #[pin]
+        inner: S,
+        activity: std::sync::Arc<Activity>,
+    }
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, activity: std::sync::Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Watched<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Watched<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.on_write();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.on_write();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

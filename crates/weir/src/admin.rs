@@ -1,0 +1,210 @@
+//! The admin API (contract §6), on its own listener, separate from traffic.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use weir_domain::route::{PathPattern, RouteAction};
+use weir_infra::metrics::{family, label, render_routes};
+
+use crate::server::Shared;
+
+/// The admin routes; with a token, every call needs `Authorization: Bearer <token>`.
+pub fn router(shared: &Arc<Shared>, token: Option<String>) -> Router {
+    let app = Router::new()
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/config", get(config))
+        .route("/routes", get(routes))
+        .route("/upstreams", get(upstreams))
+        .with_state(Arc::clone(shared));
+    match token {
+        Some(t) => app.layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
+        None => app,
+    }
+}
+
+async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        return next.run(req).await;
+    }
+    let body = json!({
+        "type": "https://weir.dev/errors/unauthorized", "title": "Unauthorized", "status": 401,
+        "detail": "the admin API needs Authorization: Bearer <admin.token>", "code": "unauthorized",
+    });
+    let mut resp = (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"weir-admin\""));
+    resp
+}
+
+/// Compares without an early exit, so response timing does not reveal a token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.ready.load(Ordering::Relaxed) {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not ready"}))).into_response()
+    }
+}
+
+async fn config(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
+    let snap = shared.snapshot.load();
+    let loaded_at = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    axum::Json(json!({"version": snap.version, "loaded_at": loaded_at, "config": snap.effective}))
+}
+
+async fn routes(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
+    let snap = shared.snapshot.load();
+    let gw = &snap.gateway;
+    let list: Vec<Value> = gw
+        .routes
+        .routes_in_match_order()
+        .into_iter()
+        .map(|r| {
+            let m = &r.matcher;
+            let action = match &r.action {
+                RouteAction::Upstream(id) => json!({"upstream": gw.upstreams[id.0].name}),
+                RouteAction::Respond(s) => json!({"respond": {"status": s.status}}),
+            };
+            json!({
+                "name": r.name,
+                "match": {
+                    "host": m.host.as_ref().map(ToString::to_string),
+                    "kind": m.path.kind(),
+                    "path": path_source(&m.path),
+                    "methods": m.methods.names().collect::<Vec<_>>(),
+                    "headers": m.headers.iter().map(|h| json!({"name": h.name, "value": h.value})).collect::<Vec<_>>(),
+                },
+                "priority": r.priority,
+                "action": action,
+                "timeout_ms": r.timeout.map(|t| t.as_millis() as u64),
+                "max_body_bytes": r.max_body_bytes.unwrap_or(gw.max_body_bytes),
+                "pipeline": crate::explain::pipeline_steps(gw, r),
+            })
+        })
+        .collect();
+    axum::Json(json!({"routes": list}))
+}
+
+fn path_source(p: &PathPattern) -> String {
+    match p {
+        PathPattern::Exact(s) | PathPattern::Prefix(s) => s.clone(),
+        PathPattern::Template(t) => t.source.clone(),
+        PathPattern::Regex(r) => r.as_str().to_owned(),
+    }
+}
+
+async fn upstreams(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
+    let snap = shared.snapshot.load();
+    let list: Vec<Value> = snap
+        .gateway
+        .upstreams
+        .iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "load_balancing": u.balancer.policy().name(),
+                "protocol": match u.protocol { weir_domain::upstream::Protocol::Http1 => "http1", weir_domain::upstream::Protocol::Http2 => "http2" },
+                "active_health_check": u.health_check.is_some(),
+                "healthy_targets": u.healthy_count(),
+                "targets": u.targets.iter().map(|t| json!({
+                    "url": t.url, "weight": t.weight, "healthy": t.is_healthy(), "in_flight": t.in_flight(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    axum::Json(json!({"upstreams": list}))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let snap = shared.snapshot.load();
+    let mut out = String::with_capacity(16 * 1024);
+    let routes = snap
+        .route_names
+        .iter()
+        .map(AsRef::as_ref)
+        .zip(snap.route_metrics.iter())
+        .chain(std::iter::once(("", &snap.unmatched_metrics)));
+    render_routes(&mut out, routes);
+    family(&mut out, "weir_upstream_requests_total", "counter", "Upstream responses, by upstream, target and status.");
+    for (u, up) in snap.gateway.upstreams.iter().enumerate() {
+        let m = &snap.upstream_metrics[u];
+        for (t, target) in up.targets.iter().enumerate() {
+            let (counts, _) = m.targets[t].responses.snapshot();
+            for (status, n) in counts {
+                let _ = writeln!(
+                    out,
+                    "weir_upstream_requests_total{{upstream=\"{}\",target=\"{}\",status=\"{status}\"}} {n}",
+                    label(&up.name),
+                    label(&target.url)
+                );
+            }
+        }
+    }
+    family(&mut out, "weir_upstream_duration_seconds", "histogram", "Time from forwarding to the upstream's response head.");
+    for (u, up) in snap.gateway.upstreams.iter().enumerate() {
+        snap.upstream_metrics[u].duration.render_into(&mut out, "weir_upstream_duration_seconds", &format!("upstream=\"{}\"", label(&up.name)));
+    }
+    family(&mut out, "weir_upstream_target_healthy", "gauge", "1 when the target is in rotation.");
+    for up in &snap.gateway.upstreams {
+        for t in &up.targets {
+            let _ = writeln!(
+                out,
+                "weir_upstream_target_healthy{{upstream=\"{}\",target=\"{}\"}} {}",
+                label(&up.name),
+                label(&t.url),
+                u8::from(t.is_healthy())
+            );
+        }
+    }
+    family(&mut out, "weir_connections_active", "gauge", "Open client connections, by listener.");
+    for l in &shared.listeners {
+        let _ = writeln!(out, "weir_connections_active{{listener=\"{}\"}} {}", label(&l.name), l.active.load(Ordering::Relaxed));
+    }
+    family(&mut out, "weir_config_reloads_total", "counter", "Configuration reloads, by result.");
+    for (i, result) in ["success", "failure"].iter().enumerate() {
+        let _ = writeln!(out, "weir_config_reloads_total{{result=\"{result}\"}} {}", shared.reloads[i].load(Ordering::Relaxed));
+    }
+    if let Some(log) = &snap.access_log {
+        family(&mut out, "weir_access_log_dropped_total", "counter", "Access-log lines dropped because the writer fell behind.");
+        let _ = writeln!(out, "weir_access_log_dropped_total {}", log.dropped());
+    }
+    family(&mut out, "weir_build_info", "gauge", "Always 1; the labels describe the build.");
+    let _ = writeln!(out, "weir_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq() {
+        assert!(super::constant_time_eq(b"secret", b"secret"));
+        assert!(!super::constant_time_eq(b"secreT", b"secret"));
+        assert!(!super::constant_time_eq(b"", b"secret"));
+        assert!(!super::constant_time_eq(b"secret2", b"secret"));
+    }
+}

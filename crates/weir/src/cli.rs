@@ -1,0 +1,184 @@
+//! The command line (contract §1): `run` (the default), `validate`, `explain`, `version`.
+//! Exit codes: 0 clean stop, 1 invalid config or usage, 2 could not bind or start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use weir_config::{Overrides, ProcessEnv};
+
+#[derive(Debug, Parser)]
+#[command(name = "weir", about = "weir: an API gateway in one binary", disable_version_flag = true)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default command).
+    Run(RunArgs),
+    /// Check a configuration file without starting anything.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show which route a request would take, and why, without sending it.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The request method, e.g. GET.
+        method: String,
+        /// The request URL, e.g. http://api.example.com/v2/orders/5.
+        url: String,
+        /// A request header, 'Name: value' (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Print the version, git commit and enabled features.
+    Version,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The configuration file [default: $WEIR_CONFIG, else ./weir.yaml].
+    #[arg(short = 'c', long = "config", env = "WEIR_CONFIG", default_value = "weir.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Replace the first listener's address.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Replace admin.listen.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Replace observability.log.level (error, warn, info, debug, trace).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Replace observability.log.format (json, text).
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Replace workers (runtime threads; 0 = one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+/// Parses the command line and runs the command.
+#[must_use]
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        None => run(&cli.run),
+        Some(Command::Run(args)) => run(&args),
+        Some(Command::Validate { config }) => validate(&config.config),
+        Some(Command::Explain { config, method, url, headers }) => explain(&config.config, &method, &url, &headers),
+        Some(Command::Version) => {
+            println!("weir {} (commit {})", env!("CARGO_PKG_VERSION"), env!("WEIR_GIT_COMMIT"));
+            println!("features: {}", crate::FEATURES.join(", "));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match weir_config::load_file(path, &ProcessEnv, &Overrides::default()) {
+        Ok(loaded) => {
+            println!("ok: {} routes, {} upstreams", loaded.routes.routes().len(), loaded.upstreams.len());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn explain(path: &std::path::Path, method: &str, url: &str, headers: &[String]) -> ExitCode {
+    let loaded = match weir_config::load_file(path, &ProcessEnv, &Overrides::default()) {
+        Ok(l) => l,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::from(1);
+        }
+    };
+    match crate::explain::explain(&loaded, method, url, headers) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let overrides = Overrides {
+        listen: args.listen.clone(),
+        admin_listen: args.admin_listen.clone(),
+        log_level: args.log_level.clone(),
+        log_format: args.log_format.clone(),
+        workers: args.workers,
+    };
+    let loaded = match weir_config::load_file(&args.config.config, &ProcessEnv, &overrides) {
+        Ok(l) => l,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::from(1);
+        }
+    };
+    crate::logging::init(&loaded.settings.log);
+    let workers = match loaded.settings.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    // One worker: a current-thread runtime has no work-stealing machinery to pay for.
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(serve(loaded, workers))
+}
+
+async fn serve(loaded: weir_config::Loaded, workers: usize) -> ExitCode {
+    let version = loaded.version.clone();
+    let running = match crate::start::start(loaded).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(version = %version, workers, "weir started");
+    crate::signals::wait_for_stop().await;
+    tracing::info!("draining: no new connections, waiting for in-flight requests");
+    if running.shutdown().await {
+        tracing::info!("stopped cleanly");
+    } else {
+        tracing::warn!("shutdown_grace elapsed with requests still in flight; stopping anyway");
+    }
+    ExitCode::SUCCESS
+}

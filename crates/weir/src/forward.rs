@@ -1,0 +1,38 @@
+//! Glue between the pipeline's `Forwarder` port and infra's pooled client. It lives here,
+//! in the composition root, because only this crate may name both layers.
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use weir_app::body::{LimitedBody, is_body_too_large};
+use weir_app::{ForwardError, Forwarder};
+use weir_infra::client::UpstreamClient;
+
+use crate::body::CountingBody;
+
+/// The request body as it travels upstream.
+pub type UpstreamBody = LimitedBody<CountingBody<Incoming>>;
+
+/// One upstream's client.
+pub struct Forward(pub UpstreamClient<UpstreamBody>);
+
+impl Forwarder<UpstreamBody> for Forward {
+    type ResBody = Incoming;
+
+    async fn forward(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ForwardError> {
+        self.0.send(req).await.map_err(|e| {
+            if e.is_connect() {
+                ForwardError::Connect(Box::new(e))
+            } else if is_body_too_large(&e) {
+                ForwardError::BodyTooLarge
+            } else {
+                ForwardError::Other(Box::new(e))
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forward")
+    }
+}

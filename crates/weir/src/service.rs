@@ -1,0 +1,119 @@
+//! The edge of one request: take the snapshot, run the pipeline, turn its outcome (or
+//! error) into the response, and arrange for metrics and the access log when it is done.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use http::header;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use weir_app::headers::{X_REQUEST_ID, is_upgrade, remove_hop_by_hop};
+use weir_app::pipeline::{ConnInfo, Exchange, Outcome};
+use weir_app::request_id;
+use weir_infra::metrics::method_index;
+
+use crate::body::{Body, CountingBody, Finish, LogParts};
+use crate::problem;
+use crate::server::Shared;
+
+/// Handles one request. Never fails: every error is already a response.
+pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) -> Response<Body> {
+    let start = Instant::now();
+    let snapshot = shared.snapshot.load_full();
+    let method_index = method_index(req.method());
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if request_id::is_well_formed(v) => v.clone(),
+        _ => request_id::generate(),
+    };
+    let mut exchange = Exchange::new(request_id, conn.peer.ip().to_canonical());
+    let log = snapshot.access_log.as_ref().map(|_| LogParts {
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+    });
+    let mut req = req.map(|b| CountingBody::new(b, log.as_ref().map(|l| Arc::clone(&l.bytes_in))));
+    // The client side of a WebSocket switch must be claimed before the request is consumed.
+    let client_upgrade =
+        (req.version() == Version::HTTP_11 && is_upgrade(req.headers())).then(|| hyper::upgrade::on(&mut req));
+
+    let result = snapshot.gateway.handle(req, conn, &mut exchange).await;
+    let mut in_flight = None;
+    let mut response = match result {
+        Ok(Outcome::Proxied(mut resp, guard)) => {
+            record_upstream(&snapshot, &exchange, resp.status(), start);
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if switching {
+                match client_upgrade {
+                    Some(client) => tunnel(client, hyper::upgrade::on(&mut resp)),
+                    None => {
+                        // An upstream may not switch protocols the client did not ask for.
+                        let err = weir_app::GatewayError::new(
+                            weir_domain::ErrorKind::BadGateway,
+                            "the upstream switched protocols unasked",
+                        );
+                        return finish(problem::response(&err, &exchange.request_id), snapshot, start, method_index, exchange, None, log);
+                    }
+                }
+            }
+            remove_hop_by_hop(resp.headers_mut(), switching);
+            in_flight = Some(guard);
+            resp.map(Body::upstream)
+        }
+        Ok(Outcome::Respond(i)) => match &snapshot.replies[i] {
+            Some(reply) => {
+                let mut resp = Response::new(Body::full(reply.body.clone()));
+                *resp.status_mut() = reply.status;
+                *resp.headers_mut() = reply.headers.clone();
+                resp
+            }
+            None => Response::new(Body::empty()),
+        },
+        Err(err) => problem::response(&err, &exchange.request_id),
+    };
+    response.headers_mut().insert(&X_REQUEST_ID, exchange.request_id.clone());
+    finish(response, snapshot, start, method_index, exchange, in_flight, log)
+}
+
+fn finish(
+    mut response: Response<Body>,
+    snapshot: Arc<crate::snapshot::Snapshot>,
+    start: Instant,
+    method_index: u8,
+    exchange: Exchange,
+    in_flight: Option<weir_domain::upstream::InFlight>,
+    log: Option<LogParts>,
+) -> Response<Body> {
+    let status = response.status().as_u16();
+    response.headers_mut().entry(&X_REQUEST_ID).or_insert_with(|| exchange.request_id.clone());
+    let finish = Finish { snapshot, start, method_index, status, exchange, in_flight, log };
+    response.body_mut().set_finish(Box::new(finish));
+    response
+}
+
+fn record_upstream(snapshot: &crate::snapshot::Snapshot, ex: &Exchange, status: StatusCode, start: Instant) {
+    if let (Some(u), Some(t)) = (ex.upstream, ex.target_index) {
+        let m = &snapshot.upstream_metrics[u];
+        m.duration.observe(start.elapsed());
+        m.targets[t].responses.increment(u32::from(status.as_u16()));
+    }
+}
+
+/// Splices the two upgraded connections together until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "protocol upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}

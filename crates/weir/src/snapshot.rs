@@ -1,0 +1,112 @@
+//! One configuration generation, fully built: the pipeline, its metric handles, prebuilt
+//! static responses and running health checks. A request holds one snapshot from its first
+//! byte to its last, so it never sees half of a config.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use weir_app::Gateway;
+use weir_config::{Loaded, Settings};
+use weir_domain::route::RouteAction;
+use weir_infra::access_log::AccessLog;
+use weir_infra::client::UpstreamClient;
+use weir_infra::health::Checks;
+use weir_infra::metrics::{RouteMetrics, TargetMetrics, UpstreamMetrics};
+
+use crate::forward::Forward;
+
+/// A `respond:` answer, built once.
+#[derive(Debug, Clone)]
+pub struct StaticReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub gateway: Gateway<Forward>,
+    pub settings: Settings,
+    pub route_metrics: Vec<RouteMetrics>,
+    /// Requests that matched no route (`route=""`).
+    pub unmatched_metrics: RouteMetrics,
+    pub upstream_metrics: Vec<UpstreamMetrics>,
+    pub route_names: Vec<Arc<str>>,
+    pub upstream_names: Vec<Arc<str>>,
+    /// Per route, its static reply when it has one.
+    pub replies: Vec<Option<StaticReply>>,
+    pub access_log: Option<AccessLog>,
+    pub effective: serde_json::Value,
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub checks: Checks,
+}
+
+impl Snapshot {
+    /// Builds everything a config needs to serve. Must run inside the runtime (it starts
+    /// health-check tasks). `access_log` is shared across generations.
+    pub fn build(loaded: Loaded, access_log: Option<AccessLog>) -> Result<Self, String> {
+        let Loaded { settings, routes, upstreams, effective, version } = loaded;
+        let replies = routes
+            .routes()
+            .iter()
+            .map(|r| match &r.action {
+                RouteAction::Respond(s) => Some(static_reply(s)).transpose(),
+                RouteAction::Upstream(_) => Ok(None),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let route_names = routes.routes().iter().map(|r| Arc::from(r.name.as_str())).collect();
+        let route_metrics = routes.routes().iter().map(|_| RouteMetrics::default()).collect();
+        let upstream_names = upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
+        let upstream_metrics = upstreams
+            .iter()
+            .map(|u| UpstreamMetrics {
+                duration: weir_infra::metrics::Histogram::default(),
+                targets: u.targets.iter().map(|_| TargetMetrics::default()).collect(),
+            })
+            .collect();
+        let forwarders =
+            upstreams.iter().map(|u| Forward(UpstreamClient::new(u.protocol, u.timeouts.connect))).collect();
+        let checks = Checks::start(&upstreams);
+        let gateway = Gateway::new(
+            routes,
+            upstreams,
+            forwarders,
+            settings.trusted_proxies.clone(),
+            settings.limits.max_header_bytes,
+            settings.limits.max_body_bytes,
+        )?;
+        Ok(Self {
+            gateway,
+            settings,
+            route_metrics,
+            unmatched_metrics: RouteMetrics::default(),
+            upstream_metrics,
+            route_names,
+            upstream_names,
+            replies,
+            access_log,
+            effective,
+            version,
+            loaded_at: SystemTime::now(),
+            checks,
+        })
+    }
+}
+
+fn static_reply(s: &weir_domain::route::StaticResponse) -> Result<StaticReply, String> {
+    let status = StatusCode::from_u16(s.status).map_err(|e| format!("respond status {}: {e}", s.status))?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &s.headers {
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("respond header {name}: {e}"))?;
+        let v = HeaderValue::from_str(value).map_err(|e| format!("respond header {name}: {e}"))?;
+        headers.append(n, v);
+    }
+    if !headers.contains_key(http::header::CONTENT_TYPE) && !s.body.is_empty() {
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    }
+    Ok(StaticReply { status, headers, body: Bytes::copy_from_slice(s.body.as_bytes()) })
+}
