@@ -16,6 +16,23 @@ use weir_domain::net::Cidr;
 use weir_domain::router::RouteTable;
 use weir_domain::upstream::Upstream;
 
+mod checks;
+mod de;
+mod interpolate;
+mod model;
+mod node;
+mod overrides;
+mod redact;
+mod report;
+mod routes;
+mod sections;
+mod settings;
+mod units;
+mod upstreams;
+
+use node::KeyPath;
+use report::{Issue, Report};
+
 /// Command-line flags of `weir run` that override the file.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -72,7 +89,11 @@ impl std::fmt::Display for Problem {
         } else {
             write!(f, "{}:{}:{}", self.file, self.line, self.col)?;
         }
-        if self.path.is_empty() { write!(f, ": {}", self.message) } else { write!(f, ": {}: {}", self.path, self.message) }
+        if self.path.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.path, self.message)
+        }
     }
 }
 
@@ -192,13 +213,87 @@ pub fn load_file(path: &Path, env: &dyn Env, overrides: &Overrides) -> Result<Lo
 }
 
 /// Like [`load_file`], for text already in memory; `name` is used in problem locations.
-pub fn load_str(name: &str, text: &str, env: &dyn Env, overrides: &Overrides) -> Result<Loaded, Problems> {
-    let _ = (text, env, overrides);
-    Err(Problems(vec![Problem {
-        file: name.to_owned(),
-        line: 0,
-        col: 0,
-        path: String::new(),
-        message: "not implemented".to_owned(),
-    }]))
+pub fn load_str(
+    name: &str,
+    text: &str,
+    env: &dyn Env,
+    overrides: &Overrides,
+) -> Result<Loaded, Problems> {
+    let mut root = node::parse(text).map_err(|(origin, message)| {
+        Problems(vec![
+            Issue {
+                origin,
+                path: KeyPath::root(),
+                message,
+            }
+            .into_problem(name),
+        ])
+    })?;
+
+    // Values first: `${VAR}` in the file, then `WEIR_*` over the file, then flags over both.
+    let mut issues = Vec::new();
+    interpolate::interpolate(&mut root, env, &KeyPath::root(), &mut issues);
+    let unset: Vec<KeyPath> = issues.iter().map(|i| i.path.clone()).collect();
+    overrides::apply_env(&mut root, env, &mut issues);
+    overrides::apply_flags(&mut root, overrides, &mut issues);
+
+    // Then types, then meaning; every step reports and carries on.
+    let typing = std::cell::RefCell::new(issues);
+    let cfg = sections::read(&root, &typing);
+    let mut report = Report::new(&root, typing.into_inner());
+    let settings = settings::build(&cfg, &mut report);
+    let upstreams = upstreams::build(&cfg.upstreams, &mut report);
+    let names: Vec<&str> = cfg.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+    let routes = routes::build(&cfg.routes, &names, &mut report);
+
+    if !report.is_clean() {
+        return Err(problems(name, &root, report.issues, &unset));
+    }
+    let (Some(settings), Some(routes), Some(upstreams)) = (
+        settings,
+        routes,
+        upstreams.into_iter().collect::<Option<Vec<_>>>(),
+    ) else {
+        // Every `None` above comes with a reported issue; this is a guard, not a path.
+        return Err(Problems(vec![Problem {
+            file: name.to_owned(),
+            line: 0,
+            col: 0,
+            path: String::new(),
+            message: "the configuration could not be built".to_owned(),
+        }]));
+    };
+    let mut effective = serde_json::to_value(&cfg).unwrap_or(serde_json::Value::Null);
+    let version = redact::version(&effective.to_string());
+    redact::redact(&mut effective);
+    Ok(Loaded {
+        settings,
+        routes,
+        upstreams,
+        effective,
+        version,
+    })
+}
+
+/// Orders the issues as in the file, drops the follow-ups of an unset variable (its empty
+/// value would be reported again), and scrubs any secret out of the messages.
+fn problems(name: &str, root: &node::Node, mut issues: Vec<Issue>, unset: &[KeyPath]) -> Problems {
+    let secrets = redact::secrets(root);
+    let unset_count = unset.len();
+    let mut kept: Vec<Issue> = Vec::with_capacity(issues.len());
+    for (i, issue) in issues.drain(..).enumerate() {
+        let follow_up = i >= unset_count && unset.contains(&issue.path);
+        if !follow_up && !kept.contains(&issue) {
+            kept.push(issue);
+        }
+    }
+    kept.sort_by(|a, b| a.origin.order().cmp(&b.origin.order()));
+    Problems(
+        kept.into_iter()
+            .map(|mut i| {
+                i.message = redact::scrub(&i.message, &secrets);
+                i.into_problem(name)
+            })
+            .collect(),
+    )
 }

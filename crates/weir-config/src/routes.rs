@@ -1,0 +1,386 @@
+//! Checking routes and building the domain's route table.
+
+use std::sync::Arc;
+
+use weir_domain::route::{
+    HeaderCondition, HostPattern, MethodSet, PathPattern, PathTransform, Route, RouteAction,
+    RouteMatch, StaticResponse, UpstreamId,
+};
+use weir_domain::router::RouteTable;
+
+use crate::checks::{duration, header_name, header_value, not_yet, regex, size, unsupported};
+use crate::model::{MatchConfig, RespondConfig, RouteConfig, TransformConfig};
+use crate::node::KeyPath;
+use crate::report::{Report, closest};
+
+/// Checks every route, then builds the table. The table is built from the routes that are
+/// fine even when others are not, so conflicts between them are reported in the same run.
+pub(crate) fn build(
+    routes: &[Option<RouteConfig>],
+    upstream_names: &[&str],
+    r: &mut Report<'_>,
+) -> Option<RouteTable> {
+    let list = KeyPath::root().key("routes");
+    let mut built = Vec::with_capacity(routes.len());
+    let mut positions = Vec::with_capacity(routes.len());
+    let mut names: Vec<(&str, usize)> = Vec::new();
+    let mut complete = true;
+    for (i, route) in routes.iter().enumerate() {
+        let Some(cfg) = route else {
+            complete = false;
+            continue;
+        };
+        let path = list.index(i);
+        let mut ok = true;
+        if cfg.name.trim().is_empty() {
+            r.at(&path.key("name"), "a route needs a name");
+            ok = false;
+        } else if let Some((_, j)) = names.iter().find(|(n, _)| *n == cfg.name) {
+            r.at(
+                &path.key("name"),
+                format!("duplicate route name \"{}\" (also routes[{j}])", cfg.name),
+            );
+            ok = false;
+        } else {
+            names.push((&cfg.name, i));
+        }
+        match route_of(cfg, i, &path, upstream_names, r) {
+            Some(route) if ok => {
+                built.push(route);
+                positions.push(i);
+            }
+            _ => complete = false,
+        }
+    }
+    match RouteTable::build(built) {
+        Ok(table) => complete.then_some(table),
+        Err(conflicts) => {
+            for c in conflicts {
+                let i = positions.get(c.route).copied().unwrap_or(c.route);
+                let message = renumber(&c.message, &positions);
+                r.at(&list.index(i).key("match"), message);
+            }
+            None
+        }
+    }
+}
+
+/// Conflict messages name the other route as `routes[j]`, `j` counting only the routes that
+/// were built; this puts back its position in the file.
+fn renumber(message: &str, positions: &[usize]) -> String {
+    const MARK: &str = "(routes[";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let (head, tail) = rest.split_at(at + MARK.len());
+        out.push_str(head);
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        match tail[..digits].parse::<usize>() {
+            Ok(j) => out.push_str(&positions.get(j).copied().unwrap_or(j).to_string()),
+            Err(_) => out.push_str(&tail[..digits]),
+        }
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn route_of(
+    cfg: &RouteConfig,
+    index: usize,
+    path: &KeyPath,
+    upstream_names: &[&str],
+    r: &mut Report<'_>,
+) -> Option<Route> {
+    let before = r.issues.len();
+    for (key, value) in [
+        ("auth", &cfg.auth),
+        ("rate_limit", &cfg.rate_limit),
+        ("cache", &cfg.cache),
+        ("cors", &cfg.cors),
+        ("ip", &cfg.ip),
+        ("fallback", &cfg.fallback),
+        ("grpc", &cfg.grpc),
+    ] {
+        unsupported(r, &path.key(key), value, &not_yet(key));
+    }
+    let matcher = matcher(&cfg.matcher, &path.key("match"), r);
+    let action = action(cfg, path, upstream_names, r);
+    let timeout = match &cfg.timeout {
+        Some(t) => duration(r, &path.key("timeout"), t, true).map(Some),
+        None => Some(None),
+    };
+    let max_body_bytes = match &cfg.max_body_bytes {
+        Some(s) => size(r, &path.key("max_body_bytes"), s).map(Some),
+        None => Some(None),
+    };
+    let path_transform = match &cfg.transform {
+        Some(t) => transform(t, &path.key("transform"), r),
+        None => Some(PathTransform::default()),
+    };
+    if r.issues.len() != before {
+        return None;
+    }
+    Some(Route {
+        name: cfg.name.clone(),
+        index,
+        matcher: matcher?,
+        action: action?,
+        priority: cfg.priority,
+        timeout: timeout?,
+        max_body_bytes: max_body_bytes?,
+        path_transform: path_transform?,
+    })
+}
+
+fn matcher(m: &MatchConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<RouteMatch> {
+    let before = r.issues.len();
+    let host = m
+        .host
+        .as_ref()
+        .and_then(|h| r.check(&path.key("host"), host(h)));
+    let given = [
+        ("path", &m.path),
+        ("prefix", &m.prefix),
+        ("regex", &m.regex),
+    ];
+    let given: Vec<_> = given.iter().filter(|(_, v)| v.is_some()).collect();
+    let pattern = match given.as_slice() {
+        [] => Some(PathPattern::Prefix("/".to_owned())),
+        [("path", Some(p))] => r.check(&path.key("path"), PathPattern::from_path(p.trim())),
+        [("prefix", Some(p))] => r.check(&path.key("prefix"), PathPattern::from_prefix(p.trim())),
+        [(_, Some(p))] => r.check(&path.key("regex"), regex(p).map(PathPattern::Regex)),
+        _ => {
+            let keys: Vec<_> = given.iter().map(|(k, _)| *k).collect();
+            r.at(
+                path,
+                format!(
+                    "use only one of path, prefix and regex (found {})",
+                    keys.join(", ")
+                ),
+            );
+            None
+        }
+    };
+    let mut methods = Vec::with_capacity(m.methods.len());
+    for (j, name) in m.methods.iter().enumerate() {
+        let at = path.key("methods").index(j);
+        let upper = name.trim().to_ascii_uppercase();
+        if MethodSet::bit(&upper).is_none() {
+            r.at(
+                &at,
+                format!(
+                    "unknown method \"{name}\" (one of {})",
+                    MethodSet::NAMES.join(", ")
+                ),
+            );
+        } else if upper != name.trim() {
+            r.at(
+                &at,
+                format!("methods are written in upper case: \"{upper}\""),
+            );
+        } else {
+            methods.push(upper);
+        }
+    }
+    let methods = MethodSet::from_names(methods.iter().map(String::as_str)).ok();
+    let mut headers = Vec::with_capacity(m.headers.0.len());
+    for (name, value) in &m.headers.0 {
+        let at = path.key("headers").key(name);
+        if r.check(&at, header_name(name).and_then(|()| header_value(value)))
+            .is_some()
+        {
+            headers.push(HeaderCondition {
+                name: name.to_ascii_lowercase(),
+                value: value.clone(),
+            });
+        }
+    }
+    if r.issues.len() != before {
+        return None;
+    }
+    Some(RouteMatch {
+        host,
+        path: pattern?,
+        methods: methods?,
+        headers,
+    })
+}
+
+/// `api.example.com` or `*.example.com`: a name, without scheme, port or path.
+fn host(text: &str) -> Result<HostPattern, String> {
+    let t = text.trim();
+    let name = t.strip_prefix("*.").unwrap_or(t);
+    if t.is_empty() {
+        return Err("a host cannot be empty".to_owned());
+    }
+    if t.contains('/') {
+        return Err(format!(
+            "\"{t}\" must be a host name only, without scheme or path"
+        ));
+    }
+    if t.contains(':') && !t.starts_with('[') {
+        return Err(format!("\"{t}\": a host is matched without its port"));
+    }
+    if name.is_empty() || name.contains('*') {
+        return Err(format!("\"{t}\": a wildcard is written *.example.com"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._[]:".contains(c);
+    if !name.chars().all(allowed) {
+        return Err(format!("\"{t}\" is not a host name"));
+    }
+    Ok(HostPattern::parse(t))
+}
+
+fn action(
+    cfg: &RouteConfig,
+    path: &KeyPath,
+    names: &[&str],
+    r: &mut Report<'_>,
+) -> Option<RouteAction> {
+    match (&cfg.upstream, &cfg.respond) {
+        (Some(_), Some(_)) => {
+            r.at(path, "a route has either `upstream` or `respond`, not both");
+            None
+        }
+        (None, None) => {
+            r.at(
+                path,
+                "a route needs `upstream` (an upstream's name) or `respond` (a fixed response)",
+            );
+            None
+        }
+        (Some(name), None) => {
+            if let Some(id) = names.iter().position(|n| n == name) {
+                return Some(RouteAction::Upstream(UpstreamId(id)));
+            }
+            let mut message = format!("unknown upstream \"{name}\"");
+            if names.is_empty() {
+                message.push_str(" (no upstreams are defined)");
+            } else if let Some(near) = closest(name, names.iter().copied()) {
+                message.push_str(&format!("; did you mean \"{near}\"?"));
+            }
+            r.at(&path.key("upstream"), message);
+            None
+        }
+        (None, Some(respond)) => {
+            static_response(respond, &path.key("respond"), r).map(RouteAction::Respond)
+        }
+    }
+}
+
+fn static_response(
+    c: &RespondConfig,
+    path: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<StaticResponse> {
+    let mut ok = true;
+    if !(100..=599).contains(&c.status) {
+        r.at(
+            &path.key("status"),
+            format!("status {} is not between 100 and 599", c.status),
+        );
+        ok = false;
+    }
+    for (name, value) in &c.headers.0 {
+        let at = path.key("headers").key(name);
+        ok &= r
+            .check(&at, header_name(name).and_then(|()| header_value(value)))
+            .is_some();
+    }
+    ok.then(|| StaticResponse {
+        status: c.status,
+        headers: c.headers.0.clone(),
+        body: Arc::from(c.body.as_str()),
+    })
+}
+
+fn transform(t: &TransformConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<PathTransform> {
+    unsupported(
+        r,
+        &path.key("response"),
+        &t.response,
+        "response transforms are not supported yet",
+    );
+    let Some(request) = &t.request else {
+        return t.response.is_none().then(PathTransform::default);
+    };
+    let req = path.key("request");
+    for (key, value) in [
+        ("headers", &request.headers),
+        ("query", &request.query),
+        ("body", &request.body),
+    ] {
+        let message = format!("request `{key}` transforms are not supported yet");
+        unsupported(r, &req.key(key), value, &message);
+    }
+    let Some(p) = &request.path else {
+        return Some(PathTransform::default());
+    };
+    let at = req.key("path");
+    let mut ok = true;
+    let mut prefix = |key: &str, value: &Option<String>| -> Option<String> {
+        let v = value.as_ref()?.trim();
+        if v.starts_with('/') {
+            Some(v.to_owned())
+        } else {
+            r.at(&at.key(key), format!("{key} must start with '/'"));
+            ok = false;
+            None
+        }
+    };
+    let strip_prefix = prefix("strip_prefix", &p.strip_prefix);
+    let add_prefix = prefix("add_prefix", &p.add_prefix);
+    let rewrite = match &p.rewrite {
+        Some(rw) => match r.check(&at.key("rewrite").key("regex"), regex(&rw.regex)) {
+            Some(re) => Some((re, rw.to.clone())),
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    ok.then_some(PathTransform {
+        strip_prefix,
+        rewrite,
+        add_prefix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            host("API.example.com"),
+            Ok(HostPattern::Exact("api.example.com".into()))
+        );
+        assert_eq!(
+            host("*.example.com"),
+            Ok(HostPattern::Suffix(".example.com".into()))
+        );
+        assert!(
+            host("example.com:8080")
+                .unwrap_err()
+                .contains("without its port")
+        );
+        assert!(host("https://example.com").is_err());
+        assert!(host("*example.com").is_err());
+        assert!(host("a.*.com").is_err());
+        assert!(host("*.").is_err());
+        assert!(host("").is_err());
+    }
+
+    #[test]
+    fn renumbers_route_references() {
+        let msg = "matches exactly what route \"a\" (routes[1]) matches";
+        assert_eq!(
+            renumber(msg, &[0, 4]),
+            "matches exactly what route \"a\" (routes[4]) matches"
+        );
+        assert_eq!(renumber("no reference", &[3]), "no reference");
+    }
+}

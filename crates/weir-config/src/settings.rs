@@ -1,0 +1,237 @@
+//! Checking and building the process settings: listeners, limits, admin, logs, proxies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use weir_domain::net::Cidr;
+
+use crate::checks::{duration, not_yet, size, socket_addr, unsupported};
+use crate::model::{FileConfig, LimitsConfig, ObservabilityConfig};
+use crate::node::KeyPath;
+use crate::report::Report;
+use crate::{
+    AccessLogSettings, AccessLogTarget, AdminSettings, Limits, ListenerSettings, LogFormat,
+    LogSettings, Settings,
+};
+
+pub(crate) const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Checks every setting; `None` when any of them is wrong (all of them are reported).
+pub(crate) fn build(cfg: &FileConfig, r: &mut Report<'_>) -> Option<Settings> {
+    let root = KeyPath::root();
+    let admin = admin(cfg, r);
+    let listeners = listeners(cfg, admin.as_ref(), r);
+    let limits = limits(&cfg.limits, &root.key("limits"), r);
+    let (log, access_log) = observability(&cfg.observability, r);
+    if cfg.watch {
+        r.at(
+            &root.key("watch"),
+            "`watch: true` is not supported yet (reload with SIGHUP or POST /reload)",
+        );
+    }
+    let mut trusted_proxies = Some(Vec::with_capacity(cfg.trusted_proxies.len()));
+    for (i, cidr) in cfg.trusted_proxies.iter().enumerate() {
+        let parsed = r.check(
+            &root.key("trusted_proxies").index(i),
+            Cidr::parse(cidr.trim()),
+        );
+        match (parsed, &mut trusted_proxies) {
+            (Some(c), Some(list)) => list.push(c),
+            _ => trusted_proxies = None,
+        }
+    }
+    let shutdown_grace = duration(r, &root.key("shutdown_grace"), &cfg.shutdown_grace, false);
+    Some(Settings {
+        listeners: listeners?,
+        limits: limits?,
+        admin: admin?,
+        log: log?,
+        access_log: access_log?,
+        trusted_proxies: trusted_proxies?,
+        workers: cfg.workers,
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn admin(cfg: &FileConfig, r: &mut Report<'_>) -> Option<AdminSettings> {
+    let path = KeyPath::root().key("admin");
+    let listen = match cfg.admin.listen.trim() {
+        "off" => Some(None),
+        text => r
+            .check(
+                &path.key("listen"),
+                socket_addr(text).map_err(|e| format!("{e}, or off")),
+            )
+            .map(Some),
+    };
+    // An empty token (`${WEIR_ADMIN_TOKEN:-}` with the variable unset) means no token.
+    let token = cfg.admin.token.clone().filter(|t| !t.is_empty());
+    Some(AdminSettings {
+        listen: listen?,
+        token,
+    })
+}
+
+fn listeners(
+    cfg: &FileConfig,
+    admin: Option<&AdminSettings>,
+    r: &mut Report<'_>,
+) -> Option<Vec<ListenerSettings>> {
+    let list = KeyPath::root().key("listeners");
+    let mut out = Some(Vec::with_capacity(cfg.listeners.len()));
+    let mut names: Vec<(&str, usize)> = Vec::new();
+    let mut addresses: Vec<(SocketAddr, usize)> = Vec::new();
+    for (i, listener) in cfg.listeners.iter().enumerate() {
+        let Some(l) = listener else {
+            out = None;
+            continue;
+        };
+        let path = list.index(i);
+        let mut ok = true;
+        unsupported(
+            r,
+            &path.key("tls"),
+            &l.tls,
+            "TLS listeners are not supported yet",
+        );
+        ok &= l.tls.is_none();
+        if l.name.trim().is_empty() {
+            r.at(&path.key("name"), "a listener needs a name");
+            ok = false;
+        } else if let Some((_, j)) = names.iter().find(|(n, _)| *n == l.name) {
+            r.at(
+                &path.key("name"),
+                format!(
+                    "duplicate listener name \"{}\" (also listeners[{j}])",
+                    l.name
+                ),
+            );
+            ok = false;
+        } else {
+            names.push((&l.name, i));
+        }
+        let address = r.check(&path.key("address"), socket_addr(&l.address));
+        if let Some(a) = address {
+            if let Some((_, j)) = addresses.iter().find(|(x, _)| *x == a) {
+                r.at(
+                    &path.key("address"),
+                    format!("duplicate listener address {a} (also listeners[{j}])"),
+                );
+                ok = false;
+            } else if admin.and_then(|s| s.listen) == Some(a) {
+                r.at(
+                    &path.key("address"),
+                    format!("{a} is also admin.listen; the admin API needs its own address"),
+                );
+                ok = false;
+            }
+            addresses.push((a, i));
+        }
+        match (address, &mut out) {
+            (Some(address), Some(v)) if ok => v.push(ListenerSettings {
+                name: l.name.clone(),
+                address,
+                http2: l.http2,
+            }),
+            _ => out = None,
+        }
+    }
+    out
+}
+
+fn limits(l: &LimitsConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Limits> {
+    let max_header_bytes = size(r, &path.key("max_header_bytes"), &l.max_header_bytes)
+        .and_then(|n| at_least_one(r, &path.key("max_header_bytes"), n))
+        .and_then(|n| {
+            r.check(
+                &path.key("max_header_bytes"),
+                usize::try_from(n).map_err(|_| "too large".to_owned()),
+            )
+        });
+    let max_body_bytes = size(r, &path.key("max_body_bytes"), &l.max_body_bytes);
+    let max_connections = at_least_one(r, &path.key("max_connections"), l.max_connections as u64);
+    let header_read_timeout = duration(
+        r,
+        &path.key("header_read_timeout"),
+        &l.header_read_timeout,
+        true,
+    );
+    let idle_timeout = duration(r, &path.key("idle_timeout"), &l.idle_timeout, true);
+    let streams = at_least_one(
+        r,
+        &path.key("http2_max_concurrent_streams"),
+        u64::from(l.http2_max_concurrent_streams),
+    );
+    max_connections?;
+    streams?;
+    Some(Limits {
+        max_header_bytes: max_header_bytes?,
+        max_body_bytes: max_body_bytes?,
+        max_connections: l.max_connections,
+        header_read_timeout: header_read_timeout?,
+        idle_timeout: idle_timeout?,
+        http2_max_concurrent_streams: l.http2_max_concurrent_streams,
+    })
+}
+
+pub(crate) fn at_least_one(r: &mut Report<'_>, path: &KeyPath, n: u64) -> Option<u64> {
+    if n == 0 {
+        r.at(path, "must be at least 1");
+        None
+    } else {
+        Some(n)
+    }
+}
+
+fn observability(
+    o: &ObservabilityConfig,
+    r: &mut Report<'_>,
+) -> (Option<LogSettings>, Option<AccessLogSettings>) {
+    let path = KeyPath::root().key("observability");
+    unsupported(r, &path.key("tracing"), &o.tracing, &not_yet("tracing"));
+    let level = o.log.level.trim().to_ascii_lowercase();
+    let level = if LOG_LEVELS.contains(&level.as_str()) {
+        Some(level)
+    } else {
+        r.at(
+            &path.key("log").key("level"),
+            format!(
+                "\"{}\" is not one of {}",
+                o.log.level,
+                LOG_LEVELS.join(", ")
+            ),
+        );
+        None
+    };
+    let format = match o.log.format.trim() {
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        other => {
+            r.at(
+                &path.key("log").key("format"),
+                format!("\"{other}\" is not one of json, text"),
+            );
+            None
+        }
+    };
+    let target = match o.access_log.path.trim() {
+        "stdout" => Some(AccessLogTarget::Stdout),
+        "stderr" => Some(AccessLogTarget::Stderr),
+        "" => {
+            r.at(
+                &path.key("access_log").key("path"),
+                "an access log path cannot be empty (stdout, stderr or a file)",
+            );
+            None
+        }
+        file => Some(AccessLogTarget::File(PathBuf::from(file))),
+    };
+    let log = level
+        .zip(format)
+        .map(|(level, format)| LogSettings { level, format });
+    let access_log = target.map(|target| AccessLogSettings {
+        enabled: o.access_log.enabled,
+        target,
+    });
+    (log, access_log)
+}

@@ -1,0 +1,246 @@
+//! Checking upstreams and building the domain's `Upstream`s, in file order (their ids).
+
+use std::sync::Arc;
+
+use weir_domain::balance::{Balancer, LoadBalancing};
+use weir_domain::upstream::{
+    ActiveHealthCheck, HashKey, Protocol, Target, TargetAddr, Timeouts, Upstream,
+};
+
+use crate::checks::{duration, not_yet, unsupported};
+use crate::model::{ActiveCheckConfig, UpstreamConfig};
+use crate::node::KeyPath;
+use crate::report::Report;
+use crate::settings::at_least_one;
+
+/// The balancer indexes targets with 16 bits.
+const MAX_TARGETS: usize = u16::MAX as usize;
+
+/// One entry per upstream of the file, `None` where it has problems (all reported).
+pub(crate) fn build(
+    upstreams: &[(String, Option<UpstreamConfig>)],
+    r: &mut Report<'_>,
+) -> Vec<Option<Upstream>> {
+    let list = KeyPath::root().key("upstreams");
+    upstreams
+        .iter()
+        .map(|(name, cfg)| {
+            let path = list.key(name);
+            if name.trim().is_empty() {
+                r.at_key(&path, "an upstream needs a non-empty name");
+                return None;
+            }
+            upstream(name, cfg.as_ref()?, &path, r)
+        })
+        .collect()
+}
+
+fn upstream(
+    name: &str,
+    u: &UpstreamConfig,
+    path: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<Upstream> {
+    let before = r.issues.len();
+    unsupported(
+        r,
+        &path.key("discovery"),
+        &u.discovery,
+        "`discovery` is not supported yet; list `targets`",
+    );
+    unsupported(
+        r,
+        &path.key("tls"),
+        &u.tls,
+        "upstream `tls` is not supported yet",
+    );
+    unsupported(
+        r,
+        &path.key("circuit_breaker"),
+        &u.circuit_breaker,
+        &not_yet("circuit_breaker"),
+    );
+    unsupported(r, &path.key("retry"), &u.retry, &not_yet("retry"));
+    unsupported(
+        r,
+        &path.key("rate_limit"),
+        &u.rate_limit,
+        &not_yet("rate_limit"),
+    );
+    let hc = path.key("health_check");
+    unsupported(
+        r,
+        &hc.key("passive"),
+        &u.health_check.passive,
+        "passive health checks are not supported yet",
+    );
+
+    let targets = targets(u, path, r);
+    let policy = r.check(
+        &path.key("load_balancing"),
+        LoadBalancing::parse(u.load_balancing.trim()),
+    );
+    let hash_key = match (policy, &u.hash_key) {
+        (Some(LoadBalancing::ConsistentHash), Some(key)) => r
+            .check(&path.key("hash_key"), HashKey::parse(key.trim()))
+            .map(Some),
+        // The client address is always there, so it is the default key.
+        (Some(LoadBalancing::ConsistentHash), None) => Some(Some(HashKey::Ip)),
+        (Some(_), Some(_)) => {
+            r.at(
+                &path.key("hash_key"),
+                "hash_key is used only by load_balancing: consistent_hash",
+            );
+            None
+        }
+        (_, None) => Some(None),
+        (None, Some(_)) => None,
+    };
+    let protocol = match u.protocol.trim() {
+        "http1" => Some(Protocol::Http1),
+        "http2" => Some(Protocol::Http2),
+        "grpc" => {
+            r.at(&path.key("protocol"), "protocol grpc is not supported yet");
+            None
+        }
+        other => {
+            r.at(
+                &path.key("protocol"),
+                format!("\"{other}\" is not one of http1, http2"),
+            );
+            None
+        }
+    };
+    let t = path.key("timeouts");
+    let connect = duration(r, &t.key("connect"), &u.timeouts.connect, true);
+    let request = duration(r, &t.key("request"), &u.timeouts.request, true);
+    let health_check = match &u.health_check.active {
+        Some(active) => active_check(active, &hc.key("active"), r).map(Some),
+        None => Some(None),
+    };
+    if r.issues.len() != before {
+        return None;
+    }
+    let targets = targets?;
+    Some(Upstream {
+        name: name.to_owned(),
+        balancer: Balancer::new(policy?, &targets),
+        targets,
+        hash_key: hash_key?,
+        protocol: protocol?,
+        timeouts: Timeouts {
+            connect: connect?,
+            request: request?,
+        },
+        health_check: health_check?,
+    })
+}
+
+fn targets(u: &UpstreamConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Vec<Arc<Target>>> {
+    let list = path.key("targets");
+    if u.targets.is_empty() {
+        // With `discovery` the missing targets are explained by that key's problem.
+        if u.discovery.is_none() {
+            r.at(
+                &list,
+                "an upstream needs at least one target, such as { url: http://10.0.0.1:9000 }",
+            );
+        }
+        return None;
+    }
+    if u.targets.len() > MAX_TARGETS {
+        r.at(
+            &list,
+            format!("an upstream can have at most {MAX_TARGETS} targets"),
+        );
+        return None;
+    }
+    let mut out = Some(Vec::with_capacity(u.targets.len()));
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        let item = list.index(i);
+        let url = t.url.trim();
+        let addr = if has_user_info(url) {
+            // Never echo a URL that may carry a password.
+            r.at(
+                &item.key("url"),
+                "a target URL must not carry a user or password",
+            );
+            None
+        } else {
+            r.check(&item.key("url"), TargetAddr::parse(url))
+        };
+        let weight = at_least_one(r, &item.key("weight"), u64::from(t.weight));
+        if let Some(a) = &addr {
+            let key = a.to_string();
+            if let Some((_, j)) = seen.iter().find(|(k, _)| *k == key) {
+                r.at(
+                    &item.key("url"),
+                    format!("duplicate target {key} (also targets[{j}])"),
+                );
+                out = None;
+            }
+            seen.push((key, i));
+        }
+        match (addr, weight, &mut out) {
+            (Some(addr), Some(_), Some(v)) => {
+                v.push(Arc::new(Target::new(url.to_owned(), addr, t.weight)));
+            }
+            _ => out = None,
+        }
+    }
+    out
+}
+
+fn has_user_info(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
+fn active_check(
+    a: &ActiveCheckConfig,
+    path: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<ActiveHealthCheck> {
+    let probe = if a.path.starts_with('/') {
+        Some(a.path.clone())
+    } else {
+        r.at(&path.key("path"), "a health check path must start with '/'");
+        None
+    };
+    let interval = duration(r, &path.key("interval"), &a.interval, true);
+    let timeout = duration(r, &path.key("timeout"), &a.timeout, true);
+    let healthy = at_least_one(
+        r,
+        &path.key("healthy_threshold"),
+        u64::from(a.healthy_threshold),
+    );
+    let unhealthy = at_least_one(
+        r,
+        &path.key("unhealthy_threshold"),
+        u64::from(a.unhealthy_threshold),
+    );
+    healthy?;
+    unhealthy?;
+    Some(ActiveHealthCheck {
+        path: probe?,
+        interval: interval?,
+        timeout: timeout?,
+        healthy_threshold: a.healthy_threshold,
+        unhealthy_threshold: a.unhealthy_threshold,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_info_is_detected_in_the_authority_only() {
+        assert!(has_user_info("http://u:p@host:80"));
+        assert!(!has_user_info("http://host:80"));
+        assert!(!has_user_info("http://host/a@b"));
+    }
+}

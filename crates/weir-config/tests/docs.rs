@@ -1,0 +1,168 @@
+//! `docs/configuration.md` documents every key the configuration has, so the docs cannot
+//! silently drift from the types.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// A file that uses every supported key (the effective config then holds all of them, with
+/// defaults filled in for the rest).
+const EVERY_KEY: &str = "\
+listeners: [{ name: a, address: '0.0.0.0:8080', http2: true }]
+limits: { max_header_bytes: 32KiB }
+watch: false
+trusted_proxies: [10.0.0.0/8]
+admin: { listen: '127.0.0.1:9901', token: t }
+observability:
+  log: { level: info, format: json }
+  access_log: { enabled: true, path: stdout }
+workers: 0
+shutdown_grace: 30s
+upstreams:
+  users:
+    targets: [{ url: 'http://10.0.0.1:9000', weight: 1 }]
+    load_balancing: consistent_hash
+    hash_key: ip
+    protocol: http1
+    timeouts: { connect: 2s, request: 30s }
+    health_check:
+      active: {}
+routes:
+  - name: a
+    match: { host: example.com, path: /a, methods: [GET], headers: { X-A: b } }
+    upstream: users
+    timeout: 1s
+    max_body_bytes: 1KiB
+    priority: 1
+    transform:
+      request:
+        path: { strip_prefix: /a, add_prefix: /b, rewrite: { regex: x, to: y } }
+  - name: b
+    match: { prefix: /b }
+    respond: { status: 200, headers: { X-A: b }, body: '' }
+  - name: c
+    match: { regex: ^/c$ }
+    respond: {}
+";
+
+/// Keys that are recognised but not supported yet: documented too.
+const NOT_SUPPORTED_YET: &[&str] = &[
+    "listeners[].tls",
+    "watch",
+    "observability.tracing",
+    "redis",
+    "etcd",
+    "consul",
+    "auth",
+    "consumers",
+    "upstreams.<name>.discovery",
+    "upstreams.<name>.tls",
+    "upstreams.<name>.health_check.passive",
+    "upstreams.<name>.circuit_breaker",
+    "upstreams.<name>.retry",
+    "upstreams.<name>.rate_limit",
+    "routes[].auth",
+    "routes[].rate_limit",
+    "routes[].cache",
+    "routes[].cors",
+    "routes[].ip",
+    "routes[].fallback",
+    "routes[].grpc",
+    "routes[].transform.request.headers",
+    "routes[].transform.request.query",
+    "routes[].transform.request.body",
+    "routes[].transform.response",
+];
+
+/// Every key path of `value`, written as the docs write them: `routes[].match.host`,
+/// `upstreams.<name>.targets[].url`. User-named maps (header maps) are not entered.
+fn key_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else if prefix == "upstreams" {
+                    "upstreams.<name>".to_owned()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                if prefix != "upstreams" {
+                    out.push(path.clone());
+                }
+                if key != "headers" {
+                    key_paths(v, &path, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_key_is_documented() {
+    let docs_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+    let docs = std::fs::read_to_string(docs_path).unwrap();
+    let loaded = common::ok(EVERY_KEY);
+    let mut paths = Vec::new();
+    key_paths(&loaded.effective, "", &mut paths);
+    paths.sort();
+    paths.dedup();
+    assert!(paths.len() > 60, "the walk found too few keys: {paths:?}");
+    paths.extend(NOT_SUPPORTED_YET.iter().map(|s| (*s).to_owned()));
+    let missing: Vec<_> = paths
+        .iter()
+        .filter(|p| !docs.contains(&format!("`{p}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md does not document: {missing:?}"
+    );
+}
+
+#[test]
+fn every_not_supported_key_is_rejected() {
+    // The list above is the docs' list; each of its keys must really be refused.
+    for key in NOT_SUPPORTED_YET {
+        let yaml = match *key {
+            "watch" => "watch: true\n".to_owned(),
+            k if k.starts_with("upstreams.<name>.") => {
+                let rest = &k["upstreams.<name>.".len()..];
+                let inner = nest(rest);
+                format!("upstreams:\n  u:\n    targets: [{{ url: 'http://a:1' }}]\n    {inner}\n")
+            }
+            k if k.starts_with("routes[].") => {
+                let inner = nest(&k["routes[].".len()..]);
+                format!("routes:\n  - name: r\n    respond: {{}}\n    {inner}\n")
+            }
+            k if k.starts_with("listeners[].") => {
+                let inner = nest(&k["listeners[].".len()..]);
+                format!("listeners:\n  - name: l\n    address: '0.0.0.0:1'\n    {inner}\n")
+            }
+            k => format!("{}\n", nest(k)),
+        };
+        let p = common::problems(&yaml);
+        assert!(
+            p.iter().any(|m| m.contains("not supported yet")),
+            "{key}: {p:?}"
+        );
+    }
+}
+
+/// `a.b.c` as the flow YAML `a: { b: { c: {} } }`.
+fn nest(path: &str) -> String {
+    let parts: Vec<_> = path.split('.').collect();
+    let mut out = "{ x: 1 }".to_owned();
+    for p in parts.iter().rev() {
+        out = format!("{{ {p}: {out} }}");
+    }
+    out[2..out.len() - 2].to_owned()
+}

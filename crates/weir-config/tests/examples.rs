@@ -1,0 +1,153 @@
+//! Every example config loads, and does what its comments say.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::TestEnv;
+use weir_config::{Loaded, Overrides, load_file};
+use weir_domain::balance::LoadBalancing;
+use weir_domain::route::{MethodSet, Route, RouteAction};
+use weir_domain::router::{Lookup, RequestHead};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The variables the examples use, with values other than their defaults.
+fn env() -> TestEnv {
+    TestEnv::with(&[
+        ("ORDERS_V1_HOST", "127.0.0.1"),
+        ("ORDERS_V2_HOST", "127.0.0.2"),
+        ("APP_VERSION", "1.2.3"),
+    ])
+}
+
+fn load(path: &Path) -> Loaded {
+    match load_file(path, &env(), &Overrides::default()) {
+        Ok(l) => l,
+        Err(p) => panic!("{} does not load:\n{p}", path.display()),
+    }
+}
+
+fn example(name: &str) -> Loaded {
+    load(&repo().join("examples").join(name))
+}
+
+#[test]
+fn every_example_and_the_root_config_load() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    files.push(repo().join("weir.yaml"));
+    for file in files {
+        load(&file);
+    }
+    // Without the optional variables the defaults apply.
+    let plain = load_file(
+        &repo().join("weir.yaml"),
+        &TestEnv::default(),
+        &Overrides::default(),
+    );
+    assert!(plain.is_ok());
+}
+
+struct Req(
+    Option<&'static str>,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+);
+
+impl RequestHead for Req {
+    fn host(&self) -> Option<&str> {
+        self.0
+    }
+    fn method_bit(&self) -> u16 {
+        MethodSet::bit(self.1).unwrap_or(0)
+    }
+    fn header(&self, lower_name: &str) -> Option<&[u8]> {
+        self.2
+            .iter()
+            .find(|(n, _)| *n == lower_name)
+            .map(|(_, v)| v.as_bytes())
+    }
+}
+
+fn route<'a>(l: &'a Loaded, req: &Req, path: &str) -> &'a str {
+    match l.routes.lookup(req, path) {
+        Lookup::Found(f) => &f.route.name,
+        Lookup::MethodNotAllowed(_) => "405",
+        Lookup::NotFound => "404",
+    }
+}
+
+#[test]
+fn routing_precedence_is_as_documented() {
+    let l = example("routing.yaml");
+    let get = |host, headers| Req(host, "GET", headers);
+    assert_eq!(route(&l, &get(None, vec![]), "/health"), "health");
+    assert_eq!(route(&l, &get(None, vec![]), "/v1/orders/7"), "order");
+    assert_eq!(route(&l, &get(None, vec![]), "/v1/other"), "v1");
+    assert_eq!(route(&l, &get(None, vec![]), "/v10"), "404");
+    assert_eq!(route(&l, &get(None, vec![]), "/files/a/b"), "files");
+    assert_eq!(
+        route(&l, &get(Some("api.example.com"), vec![]), "/v2/x"),
+        "api-v2"
+    );
+    assert_eq!(route(&l, &get(None, vec![]), "/v2/x"), "404");
+    assert_eq!(
+        route(&l, &get(Some("a.tenants.example.com"), vec![]), "/x"),
+        "tenants"
+    );
+    let v2 = vec![("x-api-version", "2")];
+    assert_eq!(route(&l, &get(None, v2), "/orders/7"), "orders-by-header");
+    assert_eq!(route(&l, &get(None, vec![]), "/orders/7"), "orders");
+    assert_eq!(route(&l, &get(None, vec![]), "/legacy/12"), "legacy");
+    assert_eq!(
+        route(&l, &Req(None, "PUT", vec![]), "/v1/orders/7"),
+        "read-only"
+    );
+    assert_eq!(route(&l, &Req(None, "POST", vec![]), "/legacy/12"), "405");
+    let v1: &Route = &l.routes.routes()[1];
+    assert!(matches!(v1.action, RouteAction::Upstream(_)));
+    assert_eq!(l.upstreams[1].targets[0].addr.host, "127.0.0.2");
+}
+
+#[test]
+fn path_rewrites_are_as_documented() {
+    let l = example("path-rewrite.yaml");
+    let t = |i: usize, path: &str| l.routes.routes()[i].path_transform.apply(path);
+    assert_eq!(t(0, "/api/users/7"), "/users/7");
+    assert_eq!(t(1, "/users/7"), "/internal/v1/users/7");
+    assert_eq!(t(2, "/v2/orders/42"), "/legacy/o/42");
+    assert_eq!(t(3, "/reports/2024/05"), "/r/05-2024");
+}
+
+#[test]
+fn load_balancing_has_every_policy() {
+    let l = example("load-balancing.yaml");
+    let mut policies: Vec<_> = l.upstreams.iter().map(|u| u.balancer.policy()).collect();
+    policies.dedup();
+    for p in LoadBalancing::NAMES {
+        assert!(policies.iter().any(|x| x.name() == p), "{p} is not shown");
+    }
+}
+
+#[test]
+fn respond_examples() {
+    let l = example("respond.yaml");
+    let RouteAction::Respond(r) = &l.routes.routes()[3].action else {
+        panic!("version responds")
+    };
+    assert_eq!(&*r.body, "1.2.3");
+    let RouteAction::Respond(r) = &l.routes.routes()[2].action else {
+        panic!("robots responds")
+    };
+    assert_eq!(&*r.body, "User-agent: *\nDisallow: /\n");
+    assert_eq!(route(&l, &Req(None, "GET", vec![]), "/nope"), "not-found");
+}
