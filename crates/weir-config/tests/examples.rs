@@ -151,3 +151,24 @@ fn respond_examples() {
     assert_eq!(&*r.body, "User-agent: *\nDisallow: /\n");
     assert_eq!(route(&l, &Req(None, "GET", vec![]), "/nope"), "not-found");
 }
+
+#[test]
+fn the_root_config_routes_as_its_comments_say() {
+    let l = load(&repo().join("weir.yaml"));
+    let get = Req(None, "GET", vec![]);
+    assert_eq!(route(&l, &get, "/hello"), "hello");
+    assert_eq!(route(&l, &Req(None, "DELETE", vec![]), "/hello"), "405");
+    assert_eq!(route(&l, &get, "/api/hello.json"), "api");
+    assert_eq!(route(&l, &get, "/nope"), "404");
+    assert_eq!(route(&l, &get, "/v1/orders"), "orders-v1");
+    let orders = &l.routes.routes()[2];
+    assert_eq!(
+        orders.path_transform.apply("/v1/orders"),
+        "/api/orders.json"
+    );
+    assert_eq!(
+        l.settings.admin.listen,
+        Some("127.0.0.1:9901".parse().unwrap())
+    );
+    assert!(l.settings.access_log.enabled);
+}
