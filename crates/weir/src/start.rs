@@ -16,7 +16,11 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot bind {what} {addr}: {source}")]
-    Bind { what: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
     #[error("cannot build the configuration: {0}")]
@@ -35,7 +39,10 @@ pub struct Running {
 
 impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running").field("addrs", &self.addrs).field("admin_addr", &self.admin_addr).finish_non_exhaustive()
+        f.debug_struct("Running")
+            .field("addrs", &self.addrs)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,7 +73,11 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         sockets.push(socket);
     }
     let admin_socket = match settings.admin.listen {
-        Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind { what: "admin".into(), addr, source })?),
+        Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
+            what: "admin".into(),
+            addr,
+            source,
+        })?),
         None => None,
     };
 
@@ -76,13 +87,24 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         let addr = socket.local_addr().unwrap_or(l.address);
         tracing::info!(listener = %l.name, address = %addr, http2 = l.http2, "listening");
         addrs.push(addr);
-        let listener = Listener { index, socket, settings: l.clone(), limits: settings.limits };
-        tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), stop_rx.clone()));
+        let listener = Listener {
+            index,
+            socket,
+            settings: l.clone(),
+            limits: settings.limits,
+        };
+        tokio::spawn(server::accept_loop(
+            listener,
+            Arc::clone(&shared),
+            stop_rx.clone(),
+        ));
     }
     let (admin_addr, admin_stop) = match admin_socket {
         Some(socket) => {
             let addr = socket.local_addr().ok();
-            tracing::info!(address = ?addr, "admin API listening");
+            if let Some(a) = addr {
+                tracing::info!(address = %a, "admin API listening");
+            }
             let app = crate::admin::router(&shared, settings.admin.token);
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(async move {
@@ -99,7 +121,13 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     };
     shared.ready.store(true, Ordering::Relaxed);
     drop(stop_rx);
-    Ok(Running { addrs, admin_addr, shared, stop, admin_stop })
+    Ok(Running {
+        addrs,
+        admin_addr,
+        shared,
+        stop,
+        admin_stop,
+    })
 }
 
 impl Running {
