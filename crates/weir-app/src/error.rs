@@ -18,7 +18,11 @@ pub struct GatewayError {
 impl GatewayError {
     #[must_use]
     pub fn new(kind: ErrorKind, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self { kind, detail: detail.into(), allow: None }
+        Self {
+            kind,
+            detail: detail.into(),
+            allow: None,
+        }
     }
 
     #[must_use]

@@ -30,5 +30,8 @@ impl std::fmt::Display for ForwardError {
 pub trait Forwarder<B>: Send + Sync + 'static {
     type ResBody: Send + 'static;
 
-    fn forward(&self, req: Request<B>) -> impl Future<Output = Result<Response<Self::ResBody>, ForwardError>> + Send;
+    fn forward(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<Self::ResBody>, ForwardError>> + Send;
 }

@@ -33,10 +33,11 @@ const HOP_BY_HOP: [&HeaderName; 8] = [
 #[must_use]
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")))
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
 }
 
 /// Removes hop-by-hop headers. For an upgrade, `Connection: upgrade` and `Upgrade` stay,
@@ -59,7 +60,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in HOP_BY_HOP {
         if keep_upgrade && (*name == header::UPGRADE || *name == header::CONNECTION) {
             continue;
@@ -77,13 +80,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 fn is_standard_connection_token(v: &[u8]) -> bool {
-    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") || v.eq_ignore_ascii_case(b"upgrade")
+    v.eq_ignore_ascii_case(b"keep-alive")
+        || v.eq_ignore_ascii_case(b"close")
+        || v.eq_ignore_ascii_case(b"upgrade")
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in which case the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
 #[must_use]
-pub fn client_ip(peer: IpAddr, peer_trusted: bool, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+pub fn client_ip(
+    peer: IpAddr,
+    peer_trusted: bool,
+    headers: &HeaderMap,
+    trusted: &[Cidr],
+) -> IpAddr {
     if !peer_trusted {
         return peer;
     }
@@ -91,7 +101,9 @@ pub fn client_ip(peer: IpAddr, peer_trusted: bool, headers: &HeaderMap, trusted:
     for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(s) = value.to_str() else { return client };
         for entry in s.rsplit(',') {
-            let Ok(ip) = entry.trim().parse::<IpAddr>() else { return client };
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
             client = ip;
             if !trusted.iter().any(|c| c.contains(ip)) {
                 return client;
@@ -103,8 +115,17 @@ pub fn client_ip(peer: IpAddr, peer_trusted: bool, headers: &HeaderMap, trusted:
 
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` for the upstream. `peer_value` is the peer's
 /// address, rendered once per connection.
-pub fn set_forwarded(headers: &mut HeaderMap, peer_value: &HeaderValue, peer_trusted: bool, host: Option<&HeaderValue>) {
-    let prior = if peer_trusted { headers.get(&X_FORWARDED_FOR) } else { None };
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer_value: &HeaderValue,
+    peer_trusted: bool,
+    host: Option<&HeaderValue>,
+) {
+    let prior = if peer_trusted {
+        headers.get(&X_FORWARDED_FOR)
+    } else {
+        None
+    };
     let xff = match prior {
         Some(p) => {
             let mut v = Vec::with_capacity(p.len() + 2 + peer_value.len());
@@ -138,7 +159,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in pairs {
-            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -172,7 +196,12 @@ mod tests {
     fn forged_forwarded_for_is_replaced_unless_peer_is_trusted() {
         let peer = HeaderValue::from_static("192.0.2.1");
         let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil")]);
-        set_forwarded(&mut h, &peer, false, Some(&HeaderValue::from_static("api.example.com")));
+        set_forwarded(
+            &mut h,
+            &peer,
+            false,
+            Some(&HeaderValue::from_static("api.example.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
@@ -185,7 +214,10 @@ mod tests {
         let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
         let h = map(&[("x-forwarded-for", "203.0.113.9, 10.0.0.2")]);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(peer, true, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, true, &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(peer, false, &h, &trusted), peer);
     }
 }

@@ -36,8 +36,13 @@ impl ConnInfo {
     #[must_use]
     pub fn new(peer: SocketAddr, trusted: &[Cidr]) -> Self {
         let ip = peer.ip().to_canonical();
-        let peer_value = HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { peer, peer_value, peer_trusted: trusted.iter().any(|c| c.contains(ip)) }
+        let peer_value = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            peer,
+            peer_value,
+            peer_trusted: trusted.iter().any(|c| c.contains(ip)),
+        }
     }
 }
 
@@ -57,7 +62,14 @@ pub struct Exchange {
 impl Exchange {
     #[must_use]
     pub fn new(request_id: HeaderValue, client_ip: IpAddr) -> Self {
-        Self { request_id, client_ip, route: None, upstream: None, target: None, target_index: None }
+        Self {
+            request_id,
+            client_ip,
+            route: None,
+            upstream: None,
+            target: None,
+            target_index: None,
+        }
     }
 }
 
@@ -102,12 +114,21 @@ impl<F> Gateway<F> {
                 u.targets
                     .iter()
                     .map(|t| {
-                        Authority::try_from(t.addr.authority.as_str()).map_err(|e| format!("target {}: {e}", t.url))
+                        Authority::try_from(t.addr.authority.as_str())
+                            .map_err(|e| format!("target {}: {e}", t.url))
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { routes, upstreams, forwarders, authorities, trusted_proxies, max_header_bytes, max_body_bytes })
+        Ok(Self {
+            routes,
+            upstreams,
+            forwarders,
+            authorities,
+            trusted_proxies,
+            max_header_bytes,
+            max_body_bytes,
+        })
     }
 
     /// The route at `index` (from [`Outcome::Respond`] or [`Exchange::route`]).
@@ -152,7 +173,12 @@ impl<F> Gateway<F> {
         let path = path::normalize(req.uri().path())
             .map_err(|e| GatewayError::new(ErrorKind::BadRequest, e.to_string()))?;
         // The client address other policies and the log use; trusted proxies are looked through.
-        ex.client_ip = headers::client_ip(conn.peer.ip().to_canonical(), conn.peer_trusted, req.headers(), &self.trusted_proxies);
+        ex.client_ip = headers::client_ip(
+            conn.peer.ip().to_canonical(),
+            conn.peer_trusted,
+            req.headers(),
+            &self.trusted_proxies,
+        );
         let host = request_host(&req);
         let head = Head {
             host: host.as_deref(),
@@ -163,7 +189,10 @@ impl<F> Gateway<F> {
             Lookup::Found(f) => f,
             Lookup::MethodNotAllowed(allow) => return Err(GatewayError::method_not_allowed(allow)),
             Lookup::NotFound => {
-                return Err(GatewayError::new(ErrorKind::RouteNotFound, "no route matches this request"));
+                return Err(GatewayError::new(
+                    ErrorKind::RouteNotFound,
+                    "no route matches this request",
+                ));
             }
         };
         let route = found.route;
@@ -181,8 +210,15 @@ impl<F> Gateway<F> {
         ex.upstream = Some(upstream_id);
         let upstream = &self.upstreams[upstream_id];
         // Only healthy targets are candidates; none left is the contract's 503.
-        let hash = upstream.hash_key.as_ref().map(|k| key_hash(k, &req, &path, ex.client_ip));
-        let Some(target_index) = upstream.balancer.pick(&upstream.targets, hash, request_id::next_random()) else {
+        let hash = upstream
+            .hash_key
+            .as_ref()
+            .map(|k| key_hash(k, &req, &path, ex.client_ip));
+        let Some(target_index) =
+            upstream
+                .balancer
+                .pick(&upstream.targets, hash, request_id::next_random())
+        else {
             return Err(GatewayError::new(
                 ErrorKind::UpstreamUnavailable,
                 format!("upstream \"{}\" has no healthy target", upstream.name),
@@ -198,7 +234,11 @@ impl<F> Gateway<F> {
             Cow::Owned(route.path_transform.apply(&path))
         };
         let client_authority = req.uri().authority().cloned();
-        *req.uri_mut() = upstream_uri(req.uri(), &upstream_path, &self.authorities[upstream_id][target_index])?;
+        *req.uri_mut() = upstream_uri(
+            req.uri(),
+            &upstream_path,
+            &self.authorities[upstream_id][target_index],
+        )?;
         // Hop-by-hop out, X-Forwarded-* and the request id in (after, so a client cannot
         // name them in `Connection` to strip them).
         let upgrade = headers::is_upgrade(req.headers());
@@ -216,17 +256,24 @@ impl<F> Gateway<F> {
         let req = req.map(|b| LimitedBody::new(b, max_body));
         let in_flight = target.start_request();
         let timeout = route.timeout.unwrap_or(upstream.timeouts.request);
-        let forwarded = tokio::time::timeout(timeout, self.forwarders[upstream_id].forward(req)).await;
+        let forwarded =
+            tokio::time::timeout(timeout, self.forwarders[upstream_id].forward(req)).await;
         let response = match forwarded {
             Err(_) => return Err(timed_out(timeout)),
             Ok(Err(ForwardError::BodyTooLarge)) => return Err(payload_too_large(max_body)),
             Ok(Err(ForwardError::Connect(e))) => {
                 report_failure(upstream, target, &*e);
-                return Err(GatewayError::new(ErrorKind::BadGateway, "could not connect to the upstream"));
+                return Err(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    "could not connect to the upstream",
+                ));
             }
             Ok(Err(ForwardError::Other(e))) => {
                 tracing::warn!(upstream = %upstream.name, target = %target.url, error = %e, "upstream exchange failed");
-                return Err(GatewayError::new(ErrorKind::BadGateway, "the upstream failed to answer"));
+                return Err(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    "the upstream failed to answer",
+                ));
             }
             Ok(Ok(r)) => r,
         };
@@ -237,7 +284,11 @@ impl<F> Gateway<F> {
 /// Connection errors count against a target's health when active checks run, so a dead
 /// target leaves rotation without waiting for the next probe. Without active checks nothing
 /// would bring it back, so they are only logged.
-fn report_failure(upstream: &Upstream, target: &Target, error: &(dyn std::error::Error + Send + Sync)) {
+fn report_failure(
+    upstream: &Upstream,
+    target: &Target,
+    error: &(dyn std::error::Error + Send + Sync),
+) {
     tracing::warn!(upstream = %upstream.name, target = %target.url, error = %error, "connect to target failed");
     if let Some(policy) = &upstream.health_check
         && health::record(target, policy, false) == Some(Transition::BecameUnhealthy)
@@ -261,17 +312,28 @@ fn check_header_size(headers: &http::HeaderMap, max: usize) -> Result<(), Gatewa
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn payload_too_large(max: u64) -> GatewayError {
-    GatewayError::new(ErrorKind::PayloadTooLarge, format!("request body exceeds {max} bytes"))
+    GatewayError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("request body exceeds {max} bytes"),
+    )
 }
 
 fn timed_out(timeout: Duration) -> GatewayError {
     GatewayError::new(
         ErrorKind::GatewayTimeout,
-        format!("the upstream did not answer within {}ms", timeout.as_millis()),
+        format!(
+            "the upstream did not answer within {}ms",
+            timeout.as_millis()
+        ),
     )
 }
 
@@ -291,21 +353,30 @@ fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| &host[..=h.len()]);
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..=h.len()]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 fn key_hash<B>(key: &HashKey, req: &Request<B>, path: &str, ip: IpAddr) -> u64 {
     match key {
-        HashKey::Header(name) => req.headers().get(name.as_str()).map_or(0, |v| hash_key(v.as_bytes())),
+        HashKey::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .map_or(0, |v| hash_key(v.as_bytes())),
         HashKey::Cookie(name) => req
             .headers()
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(name.as_str()).and_then(|r| r.strip_prefix('=')))
+            .find_map(|c| {
+                c.trim()
+                    .strip_prefix(name.as_str())
+                    .and_then(|r| r.strip_prefix('='))
+            })
             .map_or(0, |v| hash_key(v.as_bytes())),
         HashKey::Ip => match ip {
             IpAddr::V4(v4) => hash_key(&v4.octets()),
@@ -326,15 +397,20 @@ fn upstream_uri(original: &Uri, path: &str, authority: &Authority) -> Result<Uri
                 s.push('?');
                 s.push_str(q);
             }
-            PathAndQuery::try_from(s)
-                .map_err(|_| GatewayError::new(ErrorKind::BadRequest, "the rewritten path is not a valid URI path"))?
+            PathAndQuery::try_from(s).map_err(|_| {
+                GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "the rewritten path is not a valid URI path",
+                )
+            })?
         }
     };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority.clone());
     parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).map_err(|_| GatewayError::new(ErrorKind::BadRequest, "cannot build the upstream URI"))
+    Uri::from_parts(parts)
+        .map_err(|_| GatewayError::new(ErrorKind::BadRequest, "cannot build the upstream URI"))
 }
 
 #[cfg(test)]

@@ -13,13 +13,18 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 #[must_use]
 pub fn is_well_formed(value: &HeaderValue) -> bool {
     let b = value.as_bytes();
-    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
 }
 
 /// A new ULID.
 #[must_use]
 pub fn generate() -> HeaderValue {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let random = (u128::from(next_random()) << 16) | u128::from(next_random() as u16);
     let value: u128 = (millis << 80) | (random & ((1 << 80) - 1));
     let mut out = [0u8; 26];
@@ -70,7 +75,11 @@ mod tests {
     fn rejects_hostile_ids() {
         assert!(!is_well_formed(&HeaderValue::from_static("a b")));
         assert!(!is_well_formed(&HeaderValue::from_static("")));
-        assert!(!is_well_formed(&HeaderValue::from_bytes(&[b'x'; 129]).unwrap()));
-        assert!(is_well_formed(&HeaderValue::from_static("3fa85f64-5717-4562-b3fc-2c963f66afa6")));
+        assert!(!is_well_formed(
+            &HeaderValue::from_bytes(&[b'x'; 129]).unwrap()
+        ));
+        assert!(is_well_formed(&HeaderValue::from_static(
+            "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+        )));
     }
 }

@@ -348,7 +348,11 @@ impl RouteMatch {
             PathPattern::Regex(r) => r.is_match(path),
         };
         if !path_ok {
-            return Some(format!("path {path} does not match {} {}", self.path.kind(), self.path));
+            return Some(format!(
+                "path {path} does not match {} {}",
+                self.path.kind(),
+                self.path
+            ));
         }
         for c in &self.headers {
             if req.header(&c.name) != Some(c.value.as_bytes()) {
@@ -356,7 +360,10 @@ impl RouteMatch {
             }
         }
         if !self.methods.contains(req.method_bit()) {
-            return Some(format!("method is not one of {}", self.methods.names().collect::<Vec<_>>().join(", ")));
+            return Some(format!(
+                "method is not one of {}",
+                self.methods.names().collect::<Vec<_>>().join(", ")
+            ));
         }
         None
     }

@@ -54,16 +54,27 @@ impl AccessLog {
         let out: Box<dyn Write + Send> = match sink {
             Sink::Stdout => Box::new(std::io::stdout()),
             Sink::Stderr => Box::new(std::io::stderr()),
-            Sink::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            Sink::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new().name("weir-access-log".into()).spawn(move || write_loop(&rx, out))?;
-        Ok(Self { tx, dropped: Arc::new(AtomicU64::new(0)) })
+        std::thread::Builder::new()
+            .name("weir-access-log".into())
+            .spawn(move || write_loop(&rx, out))?;
+        Ok(Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// Queues a record; drops it (and counts the drop) when the writer is behind.
     pub fn log(&self, record: Record) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record)
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -97,7 +108,10 @@ fn write_loop(rx: &Receiver<Record>, out: Box<dyn Write + Send>) {
 
 /// Formats one record as a JSON object and a newline.
 pub fn format_line(out: &mut String, r: &Record) {
-    let ts = r.time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let ts = r
+        .time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     out.push_str("{\"time\":\"");
     rfc3339(out, ts);
     out.push_str("\",\"request_id\":");
@@ -106,7 +120,11 @@ pub fn format_line(out: &mut String, r: &Record) {
     json_str(out, r.method.as_str());
     out.push_str(",\"path\":");
     json_str(out, &r.path);
-    for (key, value) in [("route", &r.route), ("upstream", &r.upstream), ("target", &r.target)] {
+    for (key, value) in [
+        ("route", &r.route),
+        ("upstream", &r.upstream),
+        ("target", &r.target),
+    ] {
         let _ = write!(out, ",\"{key}\":");
         match value {
             Some(v) => json_str(out, v),
@@ -190,7 +208,10 @@ mod tests {
         };
         let mut s = String::new();
         format_line(&mut s, &r);
-        assert!(s.starts_with("{\"time\":\"2023-11-14T22:13:20.123Z\""), "{s}");
+        assert!(
+            s.starts_with("{\"time\":\"2023-11-14T22:13:20.123Z\""),
+            "{s}"
+        );
         assert!(s.contains("\"path\":\"/a\\\"b\\u000a\""), "{s}");
         assert!(s.contains("\"upstream\":null"));
         assert!(s.contains("\"duration_ms\":1.500"));

@@ -22,7 +22,9 @@ pub struct UpstreamClient<B> {
 
 impl<B> Clone for UpstreamClient<B> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -48,7 +50,9 @@ where
         if protocol == Protocol::Http2 {
             builder.http2_only(true);
         }
-        Self { inner: builder.build(connector) }
+        Self {
+            inner: builder.build(connector),
+        }
     }
 
     /// Sends a request whose URI names the target; resolves with the response head.

@@ -32,8 +32,13 @@ impl Checks {
     pub fn start(upstreams: &[Upstream]) -> Self {
         let mut tasks = Vec::new();
         for upstream in upstreams {
-            let Some(policy) = upstream.health_check.clone() else { continue };
-            let client = UpstreamClient::<Empty<Bytes>>::new(upstream.protocol, upstream.timeouts.connect.min(policy.timeout));
+            let Some(policy) = upstream.health_check.clone() else {
+                continue;
+            };
+            let client = UpstreamClient::<Empty<Bytes>>::new(
+                upstream.protocol,
+                upstream.timeouts.connect.min(policy.timeout),
+            );
             let name: Arc<str> = Arc::from(upstream.name.as_str());
             let count = upstream.targets.len().max(1) as u32;
             for (i, target) in upstream.targets.iter().enumerate() {
@@ -66,7 +71,12 @@ impl Checks {
     }
 }
 
-async fn probe(client: &UpstreamClient<Empty<Bytes>>, target: &Target, path: &str, timeout: std::time::Duration) -> bool {
+async fn probe(
+    client: &UpstreamClient<Empty<Bytes>>,
+    target: &Target,
+    path: &str,
+    timeout: std::time::Duration,
+) -> bool {
     let uri = format!("http://{}{}", target.addr.authority, path);
     let Ok(req) = Request::get(uri)
         .header(http::header::HOST, target.addr.authority.as_str())

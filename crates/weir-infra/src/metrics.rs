@@ -11,9 +11,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Bucket bounds in seconds, for request and upstream durations.
-pub const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-const BUCKET_MICROS: [u64; 13] =
-    [1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+pub const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BUCKET_MICROS: [u64; 13] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
 
 const SLOTS: usize = 64;
 
@@ -48,7 +52,8 @@ impl KeyedCounter {
                 return;
             }
             if k == 0 {
-                match self.keys[slot].compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+                match self.keys[slot].compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+                {
                     Ok(_) => {
                         self.counts[slot].fetch_add(1, Ordering::Relaxed);
                         return;
@@ -88,7 +93,10 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = BUCKET_MICROS.iter().position(|&b| micros <= b).unwrap_or(BUCKET_MICROS.len());
+        let i = BUCKET_MICROS
+            .iter()
+            .position(|&b| micros <= b)
+            .unwrap_or(BUCKET_MICROS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
@@ -115,12 +123,17 @@ pub fn method_status_key(method_index: u8, status: u16) -> u32 {
 }
 
 /// Names for method indexes as produced by `method_index`.
-pub const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER"];
+pub const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
+];
 
 /// Index into [`METHODS`].
 #[must_use]
 pub fn method_index(method: &http::Method) -> u8 {
-    METHODS[..9].iter().position(|m| *m == method.as_str()).map_or(9, |i| i as u8)
+    METHODS[..9]
+        .iter()
+        .position(|m| *m == method.as_str())
+        .map_or(9, |i| i as u8)
 }
 
 /// Per-route metrics.
@@ -166,23 +179,49 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders `weir_requests_total` and `weir_request_duration_seconds` for named routes.
-pub fn render_routes<'a>(out: &mut String, routes: impl Iterator<Item = (&'a str, &'a RouteMetrics)> + Clone) {
-    family(out, "weir_requests_total", "counter", "Requests answered, by route, method and status.");
+pub fn render_routes<'a>(
+    out: &mut String,
+    routes: impl Iterator<Item = (&'a str, &'a RouteMetrics)> + Clone,
+) {
+    family(
+        out,
+        "weir_requests_total",
+        "counter",
+        "Requests answered, by route, method and status.",
+    );
     for (name, m) in routes.clone() {
         let route = label(name);
         let (counts, overflow) = m.requests.snapshot();
         for (key, count) in counts {
-            let method = METHODS.get(((key >> 16) as usize).saturating_sub(1)).copied().unwrap_or("OTHER");
+            let method = METHODS
+                .get(((key >> 16) as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or("OTHER");
             let status = key & 0xffff;
-            let _ = writeln!(out, "weir_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "weir_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
+            );
         }
         if overflow > 0 {
-            let _ = writeln!(out, "weir_requests_total{{route=\"{route}\",method=\"OTHER\",status=\"other\"}} {overflow}");
+            let _ = writeln!(
+                out,
+                "weir_requests_total{{route=\"{route}\",method=\"OTHER\",status=\"other\"}} {overflow}"
+            );
         }
     }
-    family(out, "weir_request_duration_seconds", "histogram", "Time from request head to the end of the response body.");
+    family(
+        out,
+        "weir_request_duration_seconds",
+        "histogram",
+        "Time from request head to the end of the response body.",
+    );
     for (name, m) in routes {
-        m.duration.render_into(out, "weir_request_duration_seconds", &format!("route=\"{}\"", label(name)));
+        m.duration.render_into(
+            out,
+            "weir_request_duration_seconds",
+            &format!("route=\"{}\"", label(name)),
+        );
     }
 }
 

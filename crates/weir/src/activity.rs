@@ -19,7 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 fn now_ms() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+    u64::try_from(origin.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// Shared between the socket wrapper, the service and the watchdog of one connection.
@@ -48,7 +50,6 @@ impl Default for Activity {
 }
 
 impl Activity {
-
     /// A request head is complete and handed to the service.
     pub fn request_started(&self, http2: bool) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -65,7 +66,9 @@ impl Activity {
     }
 
     fn on_read(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
             self.head_since.store(now_ms(), Ordering::Relaxed);
         }
     }
@@ -89,7 +92,9 @@ impl Activity {
             } else if head != 0 && !self.multiplexed.load(Ordering::Relaxed) {
                 head.saturating_add(header_ms)
             } else {
-                self.idle_since.load(Ordering::Relaxed).saturating_add(idle_ms)
+                self.idle_since
+                    .load(Ordering::Relaxed)
+                    .saturating_add(idle_ms)
             };
             if now >= deadline {
                 return;
@@ -115,7 +120,11 @@ impl<S> Watched<S> {
 }
 
 impl<S: AsyncRead> AsyncRead for Watched<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
@@ -127,7 +136,11 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
 }
 
 impl<S: AsyncWrite> AsyncWrite for Watched<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {

@@ -19,7 +19,10 @@ use crate::server::Shared;
 /// The admin routes; with a token, every call needs `Authorization: Bearer <token>`.
 pub fn router(shared: &Arc<Shared>, token: Option<String>) -> Router {
     let app = Router::new()
-        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/config", get(config))
@@ -47,8 +50,14 @@ async fn require_token(State(token): State<Arc<String>>, req: Request, next: Nex
         "detail": "the admin API needs Authorization: Bearer <admin.token>", "code": "unauthorized",
     });
     let mut resp = (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"weir-admin\""));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"weir-admin\""),
+    );
     resp
 }
 
@@ -65,13 +74,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.ready.load(Ordering::Relaxed) {
         axum::Json(json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not ready"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not ready"})),
+        )
+            .into_response()
     }
 }
 
 async fn config(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
     let snap = shared.snapshot.load();
-    let loaded_at = snap.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let loaded_at = snap
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     axum::Json(json!({"version": snap.version, "loaded_at": loaded_at, "config": snap.effective}))
 }
 
@@ -148,7 +164,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .zip(snap.route_metrics.iter())
         .chain(std::iter::once(("", &snap.unmatched_metrics)));
     render_routes(&mut out, routes);
-    family(&mut out, "weir_upstream_requests_total", "counter", "Upstream responses, by upstream, target and status.");
+    family(
+        &mut out,
+        "weir_upstream_requests_total",
+        "counter",
+        "Upstream responses, by upstream, target and status.",
+    );
     for (u, up) in snap.gateway.upstreams.iter().enumerate() {
         let m = &snap.upstream_metrics[u];
         for (t, target) in up.targets.iter().enumerate() {
@@ -163,11 +184,25 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             }
         }
     }
-    family(&mut out, "weir_upstream_duration_seconds", "histogram", "Time from forwarding to the upstream's response head.");
+    family(
+        &mut out,
+        "weir_upstream_duration_seconds",
+        "histogram",
+        "Time from forwarding to the upstream's response head.",
+    );
     for (u, up) in snap.gateway.upstreams.iter().enumerate() {
-        snap.upstream_metrics[u].duration.render_into(&mut out, "weir_upstream_duration_seconds", &format!("upstream=\"{}\"", label(&up.name)));
+        snap.upstream_metrics[u].duration.render_into(
+            &mut out,
+            "weir_upstream_duration_seconds",
+            &format!("upstream=\"{}\"", label(&up.name)),
+        );
     }
-    family(&mut out, "weir_upstream_target_healthy", "gauge", "1 when the target is in rotation.");
+    family(
+        &mut out,
+        "weir_upstream_target_healthy",
+        "gauge",
+        "1 when the target is in rotation.",
+    );
     for up in &snap.gateway.upstreams {
         for t in &up.targets {
             let _ = writeln!(
@@ -179,22 +214,58 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             );
         }
     }
-    family(&mut out, "weir_connections_active", "gauge", "Open client connections, by listener.");
+    family(
+        &mut out,
+        "weir_connections_active",
+        "gauge",
+        "Open client connections, by listener.",
+    );
     for l in &shared.listeners {
-        let _ = writeln!(out, "weir_connections_active{{listener=\"{}\"}} {}", label(&l.name), l.active.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "weir_connections_active{{listener=\"{}\"}} {}",
+            label(&l.name),
+            l.active.load(Ordering::Relaxed)
+        );
     }
-    family(&mut out, "weir_config_reloads_total", "counter", "Configuration reloads, by result.");
+    family(
+        &mut out,
+        "weir_config_reloads_total",
+        "counter",
+        "Configuration reloads, by result.",
+    );
     for (i, result) in ["success", "failure"].iter().enumerate() {
-        let _ = writeln!(out, "weir_config_reloads_total{{result=\"{result}\"}} {}", shared.reloads[i].load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "weir_config_reloads_total{{result=\"{result}\"}} {}",
+            shared.reloads[i].load(Ordering::Relaxed)
+        );
     }
     if let Some(log) = &snap.access_log {
-        family(&mut out, "weir_access_log_dropped_total", "counter", "Access-log lines dropped because the writer fell behind.");
+        family(
+            &mut out,
+            "weir_access_log_dropped_total",
+            "counter",
+            "Access-log lines dropped because the writer fell behind.",
+        );
         let _ = writeln!(out, "weir_access_log_dropped_total {}", log.dropped());
     }
-    family(&mut out, "weir_build_info", "gauge", "Always 1; the labels describe the build.");
-    let _ = writeln!(out, "weir_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    family(
+        &mut out,
+        "weir_build_info",
+        "gauge",
+        "Always 1; the labels describe the build.",
+    );
+    let _ = writeln!(
+        out,
+        "weir_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     let mut resp = out.into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     resp
 }
 

@@ -33,7 +33,10 @@ impl<B: HttpBody + Unpin> HttpBody for CountingBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(c)) = (&polled, &self.counter)
             && let Some(d) = frame.data_ref()
@@ -86,24 +89,38 @@ pub struct Body {
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Body").field("bytes_out", &self.bytes_out).finish_non_exhaustive()
+        f.debug_struct("Body")
+            .field("bytes_out", &self.bytes_out)
+            .finish_non_exhaustive()
     }
 }
 
 impl Body {
     #[must_use]
     pub fn upstream(b: Incoming) -> Self {
-        Self { inner: Inner::Upstream(b), bytes_out: 0, finish: None }
+        Self {
+            inner: Inner::Upstream(b),
+            bytes_out: 0,
+            finish: None,
+        }
     }
 
     #[must_use]
     pub fn full(b: Bytes) -> Self {
-        Self { inner: Inner::Full(if b.is_empty() { None } else { Some(b) }), bytes_out: 0, finish: None }
+        Self {
+            inner: Inner::Full(if b.is_empty() { None } else { Some(b) }),
+            bytes_out: 0,
+            finish: None,
+        }
     }
 
     #[must_use]
     pub fn empty() -> Self {
-        Self { inner: Inner::Full(None), bytes_out: 0, finish: None }
+        Self {
+            inner: Inner::Full(None),
+            bytes_out: 0,
+            finish: None,
+        }
     }
 
     pub fn set_finish(&mut self, finish: Box<Finish>) {
@@ -115,7 +132,10 @@ impl HttpBody for Body {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = match &mut self.inner {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
@@ -157,13 +177,31 @@ impl Finish {
     fn record(self, bytes_out: u64) {
         let elapsed = self.start.elapsed();
         let snap = &self.snapshot;
-        let route_metrics = self.exchange.route.map_or(&snap.unmatched_metrics, |i| &snap.route_metrics[i]);
-        route_metrics.requests.increment(weir_infra::metrics::method_status_key(self.method_index, self.status));
+        let route_metrics = self
+            .exchange
+            .route
+            .map_or(&snap.unmatched_metrics, |i| &snap.route_metrics[i]);
+        route_metrics
+            .requests
+            .increment(weir_infra::metrics::method_status_key(
+                self.method_index,
+                self.status,
+            ));
         route_metrics.duration.observe(elapsed);
         if let (Some(log), Some(sink)) = (self.log, &snap.access_log) {
-            let route = self.exchange.route.map(|i| Arc::clone(&snap.route_names[i]));
-            let upstream = self.exchange.upstream.map(|i| Arc::clone(&snap.upstream_names[i]));
-            let target = self.exchange.target.as_ref().map(|t| Arc::<str>::from(t.url.as_str()));
+            let route = self
+                .exchange
+                .route
+                .map(|i| Arc::clone(&snap.route_names[i]));
+            let upstream = self
+                .exchange
+                .upstream
+                .map(|i| Arc::clone(&snap.upstream_names[i]));
+            let target = self
+                .exchange
+                .target
+                .as_ref()
+                .map(|t| Arc::<str>::from(t.url.as_str()));
             sink.log(Record {
                 time: std::time::SystemTime::now() - elapsed,
                 request_id: self.exchange.request_id,

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use weir_config::{Overrides, ProcessEnv};
 
 #[derive(Debug, Parser)]
-#[command(name = "weir", about = "weir: an API gateway in one binary", disable_version_flag = true)]
+#[command(
+    name = "weir",
+    about = "weir: an API gateway in one binary",
+    disable_version_flag = true
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -45,7 +49,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct ConfigArg {
     /// The configuration file [default: $WEIR_CONFIG, else ./weir.yaml].
-    #[arg(short = 'c', long = "config", env = "WEIR_CONFIG", default_value = "weir.yaml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "WEIR_CONFIG",
+        default_value = "weir.yaml"
+    )]
     config: PathBuf,
 }
 
@@ -77,16 +86,29 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {
         None => run(&cli.run),
         Some(Command::Run(args)) => run(&args),
         Some(Command::Validate { config }) => validate(&config.config),
-        Some(Command::Explain { config, method, url, headers }) => explain(&config.config, &method, &url, &headers),
+        Some(Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+        }) => explain(&config.config, &method, &url, &headers),
         Some(Command::Version) => {
-            println!("weir {} (commit {})", env!("CARGO_PKG_VERSION"), env!("WEIR_GIT_COMMIT"));
+            println!(
+                "weir {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("WEIR_GIT_COMMIT")
+            );
             println!("features: {}", crate::FEATURES.join(", "));
             ExitCode::SUCCESS
         }
@@ -96,7 +118,11 @@ pub fn main() -> ExitCode {
 fn validate(path: &std::path::Path) -> ExitCode {
     match weir_config::load_file(path, &ProcessEnv, &Overrides::default()) {
         Ok(loaded) => {
-            println!("ok: {} routes, {} upstreams", loaded.routes.routes().len(), loaded.upstreams.len());
+            println!(
+                "ok: {} routes, {} upstreams",
+                loaded.routes.routes().len(),
+                loaded.upstreams.len()
+            );
             ExitCode::SUCCESS
         }
         Err(problems) => {
@@ -148,9 +174,14 @@ fn run(args: &RunArgs) -> ExitCode {
     };
     // One worker: a current-thread runtime has no work-stealing machinery to pay for.
     let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     };
     let runtime = match runtime {
         Ok(r) => r,

@@ -17,7 +17,10 @@ pub fn pipeline_steps<F>(gw: &Gateway<F>, route: &Route) -> Vec<String> {
 
 fn steps(upstreams: &[Upstream], default_max_body: u64, route: &Route) -> Vec<String> {
     let mut out = vec!["normalize_path".to_owned(), "route".to_owned()];
-    out.push(format!("body_limit {} bytes", route.max_body_bytes.unwrap_or(default_max_body)));
+    out.push(format!(
+        "body_limit {} bytes",
+        route.max_body_bytes.unwrap_or(default_max_body)
+    ));
     match &route.action {
         RouteAction::Respond(s) => out.push(format!("respond {}", s.status)),
         RouteAction::Upstream(id) => {
@@ -33,9 +36,17 @@ fn steps(upstreams: &[Upstream], default_max_body: u64, route: &Route) -> Vec<St
                 out.push(format!("path.add_prefix {p}"));
             }
             out.push("forwarded_headers".to_owned());
-            out.push(format!("load_balance {} over {} targets", u.balancer.policy().name(), u.targets.len()));
+            out.push(format!(
+                "load_balance {} over {} targets",
+                u.balancer.policy().name(),
+                u.targets.len()
+            ));
             let timeout = route.timeout.unwrap_or(u.timeouts.request);
-            out.push(format!("forward to upstream \"{}\" (timeout {}ms)", u.name, timeout.as_millis()));
+            out.push(format!(
+                "forward to upstream \"{}\" (timeout {}ms)",
+                u.name,
+                timeout.as_millis()
+            ));
         }
     }
     out
@@ -55,17 +66,29 @@ impl RequestHead for Head {
         self.method_bit
     }
     fn header(&self, lower_name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == lower_name).map(|(_, v)| v.as_bytes())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == lower_name)
+            .map(|(_, v)| v.as_bytes())
     }
 }
 
 /// Renders the explanation, or an error message for a malformed request description.
-pub fn explain(loaded: &Loaded, method: &str, url: &str, headers: &[String]) -> Result<String, String> {
+pub fn explain(
+    loaded: &Loaded,
+    method: &str,
+    url: &str,
+    headers: &[String],
+) -> Result<String, String> {
     let method = method.to_ascii_uppercase();
-    let uri: http::Uri = url.parse().map_err(|e| format!("cannot parse URL {url:?}: {e}"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("cannot parse URL {url:?}: {e}"))?;
     let mut parsed = Vec::new();
     for h in headers {
-        let (n, v) = h.split_once(':').ok_or_else(|| format!("header {h:?} is not 'Name: value'"))?;
+        let (n, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header {h:?} is not 'Name: value'"))?;
         parsed.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
     }
     let host = parsed
@@ -73,8 +96,16 @@ pub fn explain(loaded: &Loaded, method: &str, url: &str, headers: &[String]) -> 
         .find(|(n, _)| n == "host")
         .map(|(_, v)| v.clone())
         .or_else(|| uri.host().map(str::to_owned))
-        .map(|h| h.rsplit_once(':').map_or(h.clone(), |(a, _)| a.to_owned()).to_ascii_lowercase());
-    let head = Head { host, method_bit: MethodSet::bit(&method).unwrap_or(0), headers: parsed };
+        .map(|h| {
+            h.rsplit_once(':')
+                .map_or(h.clone(), |(a, _)| a.to_owned())
+                .to_ascii_lowercase()
+        });
+    let head = Head {
+        host,
+        method_bit: MethodSet::bit(&method).unwrap_or(0),
+        headers: parsed,
+    };
     let raw_path = uri.path();
     let mut out = String::new();
     let _ = writeln!(out, "request: {method} {url}");
@@ -95,7 +126,11 @@ pub fn explain(loaded: &Loaded, method: &str, url: &str, headers: &[String]) -> 
             let _ = writeln!(out, "route: \"{}\" (routes[{}])", r.name, r.index);
             let mut why = format!("{} {}", r.matcher.path.kind(), r.matcher.path);
             if !found.params.is_empty() {
-                let ps: Vec<String> = found.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let ps: Vec<String> = found
+                    .params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 let _ = write!(why, " with {}", ps.join(", "));
             }
             if let Some(h) = &r.matcher.host {
@@ -109,19 +144,34 @@ pub fn explain(loaded: &Loaded, method: &str, url: &str, headers: &[String]) -> 
             write_candidates(&mut out, table, &head, &normalized);
             if let RouteAction::Upstream(id) = &r.action {
                 let u = &loaded.upstreams[id.0];
-                let _ = writeln!(out, "upstream: \"{}\" ({})", u.name, u.balancer.policy().name());
+                let _ = writeln!(
+                    out,
+                    "upstream: \"{}\" ({})",
+                    u.name,
+                    u.balancer.policy().name()
+                );
                 for t in &u.targets {
                     let _ = writeln!(out, "  target {} weight {}", t.url, t.weight);
                 }
-                let _ = writeln!(out, "  (target health is known only to a running gateway: see GET /upstreams)");
+                let _ = writeln!(
+                    out,
+                    "  (target health is known only to a running gateway: see GET /upstreams)"
+                );
             }
             let _ = writeln!(out, "pipeline:");
-            for (i, s) in steps(&loaded.upstreams, loaded.settings.limits.max_body_bytes, r).iter().enumerate() {
+            for (i, s) in steps(&loaded.upstreams, loaded.settings.limits.max_body_bytes, r)
+                .iter()
+                .enumerate()
+            {
                 let _ = writeln!(out, "  {}. {s}", i + 1);
             }
         }
         Lookup::MethodNotAllowed(allow) => {
-            let _ = writeln!(out, "answer: 405 method_not_allowed (Allow: {})", allow.names().collect::<Vec<_>>().join(", "));
+            let _ = writeln!(
+                out,
+                "answer: 405 method_not_allowed (Allow: {})",
+                allow.names().collect::<Vec<_>>().join(", ")
+            );
             write_candidates(&mut out, table, &head, &normalized);
         }
         Lookup::NotFound => {
@@ -137,10 +187,22 @@ fn write_candidates(out: &mut String, table: &RouteTable, head: &Head, path: &st
     for r in table.routes_in_match_order() {
         match r.matcher.mismatch(head, path) {
             None => {
-                let _ = writeln!(out, "  + {:<24} {} {}  matches", r.name, r.matcher.path.kind(), r.matcher.path);
+                let _ = writeln!(
+                    out,
+                    "  + {:<24} {} {}  matches",
+                    r.name,
+                    r.matcher.path.kind(),
+                    r.matcher.path
+                );
             }
             Some(why) => {
-                let _ = writeln!(out, "  - {:<24} {} {}  no: {why}", r.name, r.matcher.path.kind(), r.matcher.path);
+                let _ = writeln!(
+                    out,
+                    "  - {:<24} {} {}  no: {why}",
+                    r.name,
+                    r.matcher.path.kind(),
+                    r.matcher.path
+                );
             }
         }
     }

@@ -18,7 +18,10 @@ pub struct Forward(pub UpstreamClient<UpstreamBody>);
 impl Forwarder<UpstreamBody> for Forward {
     type ResBody = Incoming;
 
-    async fn forward(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ForwardError> {
+    async fn forward(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
         self.0.send(req).await.map_err(|e| {
             if e.is_connect() {
                 ForwardError::Connect(Box::new(e))

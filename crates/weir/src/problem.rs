@@ -22,9 +22,13 @@ pub fn response(err: &GatewayError, request_id: &HeaderValue) -> Response<Body> 
     });
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     let mut resp = Response::new(Body::full(bytes));
-    *resp.status_mut() = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(allow) = err.allow {
         let list = allow.names().collect::<Vec<_>>().join(", ");
@@ -49,16 +53,25 @@ mod tests {
             let err = GatewayError::new(kind, "why \"quoted\"");
             let resp = response(&err, &HeaderValue::from_static("01ID"));
             assert_eq!(resp.status().as_u16(), kind.status());
-            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+            assert_eq!(
+                resp.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["code"], kind.code());
             assert_eq!(v["status"], kind.status());
-            assert_eq!(v["type"], format!("https://weir.dev/errors/{}", kind.code()));
+            assert_eq!(
+                v["type"],
+                format!("https://weir.dev/errors/{}", kind.code())
+            );
             assert_eq!(v["detail"], "why \"quoted\"");
             assert_eq!(v["request_id"], "01ID");
         }
-        let resp = response(&GatewayError::method_not_allowed(MethodSet::from_names(["GET", "PUT"]).unwrap()), &HeaderValue::from_static("x"));
+        let resp = response(
+            &GatewayError::method_not_allowed(MethodSet::from_names(["GET", "PUT"]).unwrap()),
+            &HeaderValue::from_static("x"),
+        );
         assert_eq!(resp.headers()[header::ALLOW], "GET, PUT");
     }
 }

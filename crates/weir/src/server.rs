@@ -47,7 +47,10 @@ impl Shared {
             .settings
             .listeners
             .iter()
-            .map(|l| ListenerStats { name: l.name.clone(), active: AtomicI64::new(0) })
+            .map(|l| ListenerStats {
+                name: l.name.clone(),
+                active: AtomicI64::new(0),
+            })
             .collect();
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -60,7 +63,11 @@ impl Shared {
 
 /// Binds a listener with `SO_REUSEADDR`, so a restart does not wait out TIME_WAIT.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(false).ok();
@@ -121,14 +128,27 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
         tokio::spawn(async move {
             let stats = &shared.listeners[index];
             stats.active.fetch_add(1, Ordering::Relaxed);
-            serve_connection(stream, peer, Arc::clone(&shared), &builder, conn_stop, limits).await;
-            shared.listeners[index].active.fetch_sub(1, Ordering::Relaxed);
+            serve_connection(
+                stream,
+                peer,
+                Arc::clone(&shared),
+                &builder,
+                conn_stop,
+                limits,
+            )
+            .await;
+            shared.listeners[index]
+                .active
+                .fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
 }
 
-fn connection_builder(settings: &ListenerSettings, limits: &Limits) -> auto::Builder<TokioExecutor> {
+fn connection_builder(
+    settings: &ListenerSettings,
+    limits: &Limits,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -144,7 +164,11 @@ fn connection_builder(settings: &ListenerSettings, limits: &Limits) -> auto::Bui
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(100))
         .max_local_error_reset_streams(Some(1024));
-    if settings.http2 { builder } else { builder.http1_only() }
+    if settings.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
 }
 
 async fn serve_connection(
@@ -157,12 +181,17 @@ async fn serve_connection(
 ) {
     let activity = Arc::new(Activity::default());
     let trusted = shared.snapshot.load().settings.trusted_proxies.clone();
-    let ctx = Arc::new(ConnCtx { shared, info: ConnInfo::new(peer, &trusted), activity: Arc::clone(&activity) });
+    let ctx = Arc::new(ConnCtx {
+        shared,
+        info: ConnInfo::new(peer, &trusted),
+        activity: Arc::clone(&activity),
+    });
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&ctx);
         async move {
-            ctx.activity.request_started(req.version() == Version::HTTP_2);
+            ctx.activity
+                .request_started(req.version() == Version::HTTP_2);
             let _done = RequestDone(&ctx.activity);
             Ok::<_, Infallible>(service::handle(req, &ctx.shared, &ctx.info).await)
         }

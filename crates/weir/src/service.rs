@@ -35,8 +35,8 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     });
     let mut req = req.map(|b| CountingBody::new(b, log.as_ref().map(|l| Arc::clone(&l.bytes_in))));
     // The client side of a WebSocket switch must be claimed before the request is consumed.
-    let client_upgrade =
-        (req.version() == Version::HTTP_11 && is_upgrade(req.headers())).then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
+        .then(|| hyper::upgrade::on(&mut req));
 
     let result = snapshot.gateway.handle(req, conn, &mut exchange).await;
     let mut in_flight = None;
@@ -53,7 +53,15 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
                             weir_domain::ErrorKind::BadGateway,
                             "the upstream switched protocols unasked",
                         );
-                        return finish(problem::response(&err, &exchange.request_id), snapshot, start, method_index, exchange, None, log);
+                        return finish(
+                            problem::response(&err, &exchange.request_id),
+                            snapshot,
+                            start,
+                            method_index,
+                            exchange,
+                            None,
+                            log,
+                        );
                     }
                 }
             }
@@ -72,8 +80,18 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
         },
         Err(err) => problem::response(&err, &exchange.request_id),
     };
-    response.headers_mut().insert(&X_REQUEST_ID, exchange.request_id.clone());
-    finish(response, snapshot, start, method_index, exchange, in_flight, log)
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, exchange.request_id.clone());
+    finish(
+        response,
+        snapshot,
+        start,
+        method_index,
+        exchange,
+        in_flight,
+        log,
+    )
 }
 
 fn finish(
@@ -86,13 +104,29 @@ fn finish(
     log: Option<LogParts>,
 ) -> Response<Body> {
     let status = response.status().as_u16();
-    response.headers_mut().entry(&X_REQUEST_ID).or_insert_with(|| exchange.request_id.clone());
-    let finish = Finish { snapshot, start, method_index, status, exchange, in_flight, log };
+    response
+        .headers_mut()
+        .entry(&X_REQUEST_ID)
+        .or_insert_with(|| exchange.request_id.clone());
+    let finish = Finish {
+        snapshot,
+        start,
+        method_index,
+        status,
+        exchange,
+        in_flight,
+        log,
+    };
     response.body_mut().set_finish(Box::new(finish));
     response
 }
 
-fn record_upstream(snapshot: &crate::snapshot::Snapshot, ex: &Exchange, status: StatusCode, start: Instant) {
+fn record_upstream(
+    snapshot: &crate::snapshot::Snapshot,
+    ex: &Exchange,
+    status: StatusCode,
+    start: Instant,
+) {
     if let (Some(u), Some(t)) = (ex.upstream, ex.target_index) {
         let m = &snapshot.upstream_metrics[u];
         m.duration.observe(start.elapsed());

@@ -49,7 +49,13 @@ impl Snapshot {
     /// Builds everything a config needs to serve. Must run inside the runtime (it starts
     /// health-check tasks). `access_log` is shared across generations.
     pub fn build(loaded: Loaded, access_log: Option<AccessLog>) -> Result<Self, String> {
-        let Loaded { settings, routes, upstreams, effective, version } = loaded;
+        let Loaded {
+            settings,
+            routes,
+            upstreams,
+            effective,
+            version,
+        } = loaded;
         let replies = routes
             .routes()
             .iter()
@@ -58,9 +64,20 @@ impl Snapshot {
                 RouteAction::Upstream(_) => Ok(None),
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let route_names = routes.routes().iter().map(|r| Arc::from(r.name.as_str())).collect();
-        let route_metrics = routes.routes().iter().map(|_| RouteMetrics::default()).collect();
-        let upstream_names = upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
+        let route_names = routes
+            .routes()
+            .iter()
+            .map(|r| Arc::from(r.name.as_str()))
+            .collect();
+        let route_metrics = routes
+            .routes()
+            .iter()
+            .map(|_| RouteMetrics::default())
+            .collect();
+        let upstream_names = upstreams
+            .iter()
+            .map(|u| Arc::from(u.name.as_str()))
+            .collect();
         let upstream_metrics = upstreams
             .iter()
             .map(|u| UpstreamMetrics {
@@ -68,8 +85,10 @@ impl Snapshot {
                 targets: u.targets.iter().map(|_| TargetMetrics::default()).collect(),
             })
             .collect();
-        let forwarders =
-            upstreams.iter().map(|u| Forward(UpstreamClient::new(u.protocol, u.timeouts.connect))).collect();
+        let forwarders = upstreams
+            .iter()
+            .map(|u| Forward(UpstreamClient::new(u.protocol, u.timeouts.connect)))
+            .collect();
         let checks = Checks::start(&upstreams);
         let gateway = Gateway::new(
             routes,
@@ -98,15 +117,24 @@ impl Snapshot {
 }
 
 fn static_reply(s: &weir_domain::route::StaticResponse) -> Result<StaticReply, String> {
-    let status = StatusCode::from_u16(s.status).map_err(|e| format!("respond status {}: {e}", s.status))?;
+    let status =
+        StatusCode::from_u16(s.status).map_err(|e| format!("respond status {}: {e}", s.status))?;
     let mut headers = HeaderMap::new();
     for (name, value) in &s.headers {
-        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("respond header {name}: {e}"))?;
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("respond header {name}: {e}"))?;
         let v = HeaderValue::from_str(value).map_err(|e| format!("respond header {name}: {e}"))?;
         headers.append(n, v);
     }
     if !headers.contains_key(http::header::CONTENT_TYPE) && !s.body.is_empty() {
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
     }
-    Ok(StaticReply { status, headers, body: Bytes::copy_from_slice(s.body.as_bytes()) })
+    Ok(StaticReply {
+        status,
+        headers,
+        body: Bytes::copy_from_slice(s.body.as_bytes()),
+    })
 }
