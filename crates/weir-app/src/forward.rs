@@ -30,8 +30,10 @@ impl std::fmt::Display for ForwardError {
 pub trait Forwarder<B>: Send + Sync + 'static {
     type ResBody: Send + 'static;
 
+    /// `target` is the index of the chosen target in its upstream.
     fn forward(
         &self,
+        target: usize,
         req: Request<B>,
     ) -> impl Future<Output = Result<Response<Self::ResBody>, ForwardError>> + Send;
 }

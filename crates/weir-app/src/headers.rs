@@ -15,19 +15,6 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-const HOP_BY_HOP: [&HeaderName; 8] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-    &header::PROXY_AUTHORIZATION,
-];
 
 /// True for an HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header (WebSocket).
 #[must_use]
@@ -44,7 +31,24 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// because the upstream must see them to agree to the switch. `TE: trailers` stays, because
 /// gRPC needs it end to end.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Plain `keep-alive` / `close` name no other header: skip the allocation.
+    // One pass over the names finds what is present; most messages carry nothing, or only
+    // `Connection: keep-alive`, so only those few names are touched.
+    let mut present: [Option<HeaderName>; 8] = Default::default();
+    let mut n = 0;
+    for name in headers.keys() {
+        if n < present.len()
+            && is_hop_by_hop(name)
+            && !present[..n].iter().any(|p| p.as_ref() == Some(name))
+        {
+            present[n] = Some(name.clone());
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    // Headers the sender named in `Connection` are hop-by-hop too; plain `keep-alive` and
+    // `close` name none, so the common case allocates nothing.
     if let Some(conn) = headers.get(header::CONNECTION)
         && (conn.as_bytes().contains(&b',') || !is_standard_connection_token(conn.as_bytes()))
     {
@@ -63,13 +67,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in HOP_BY_HOP {
+    for name in present.iter().take(n).flatten() {
         if keep_upgrade && (*name == header::UPGRADE || *name == header::CONNECTION) {
             continue;
         }
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -77,6 +79,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+    )
 }
 
 fn is_standard_connection_token(v: &[u8]) -> bool {

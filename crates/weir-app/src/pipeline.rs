@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response, Uri, Version};
 use weir_domain::ErrorKind;
 use weir_domain::balance::hash_key;
 use weir_domain::health::{self, Transition};
@@ -15,7 +15,7 @@ use weir_domain::net::Cidr;
 use weir_domain::path;
 use weir_domain::route::{MethodSet, Route, RouteAction};
 use weir_domain::router::{Lookup, RequestHead, RouteTable};
-use weir_domain::upstream::{HashKey, InFlight, Target, Upstream};
+use weir_domain::upstream::{HashKey, InFlight, Protocol, Target, Upstream};
 
 use crate::body::LimitedBody;
 use crate::error::GatewayError;
@@ -242,22 +242,34 @@ impl<F> Gateway<F> {
         // Hop-by-hop out, X-Forwarded-* and the request id in (after, so a client cannot
         // name them in `Connection` to strip them).
         let upgrade = headers::is_upgrade(req.headers());
-        let host_value = req.headers().get(header::HOST).cloned();
+        // HTTP/2 clients name the host in :authority rather than `Host`.
+        let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
+            client_authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h, upgrade);
         headers::set_forwarded(h, &conn.peer_value, conn.peer_trusted, host_value.as_ref());
         h.insert(&headers::X_REQUEST_ID, ex.request_id.clone());
-        if host_value.is_none()
-            && let Some(a) = client_authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        if !h.contains_key(header::HOST)
+            && let Some(a) = host_value
         {
-            // HTTP/2 clients name the host in :authority; pass it on as `Host`.
             h.insert(header::HOST, a);
         }
+        // The version spoken upstream is the upstream's, whatever the client spoke.
+        *req.version_mut() = match upstream.protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::Http2 => Version::HTTP_2,
+        };
         let req = req.map(|b| LimitedBody::new(b, max_body));
         let in_flight = target.start_request();
         let timeout = route.timeout.unwrap_or(upstream.timeouts.request);
-        let forwarded =
-            tokio::time::timeout(timeout, self.forwarders[upstream_id].forward(req)).await;
+        let forwarded = tokio::time::timeout(
+            timeout,
+            self.forwarders[upstream_id].forward(target_index, req),
+        )
+        .await;
         let response = match forwarded {
             Err(_) => return Err(timed_out(timeout)),
             Ok(Err(ForwardError::BodyTooLarge)) => return Err(payload_too_large(max_body)),
@@ -269,7 +281,7 @@ impl<F> Gateway<F> {
                 ));
             }
             Ok(Err(ForwardError::Other(e))) => {
-                tracing::warn!(upstream = %upstream.name, target = %target.url, error = %e, "upstream exchange failed");
+                tracing::warn!(upstream = %upstream.name, target_url = %target.url, error = %e, "upstream exchange failed");
                 return Err(GatewayError::new(
                     ErrorKind::BadGateway,
                     "the upstream failed to answer",
@@ -289,11 +301,11 @@ fn report_failure(
     target: &Target,
     error: &(dyn std::error::Error + Send + Sync),
 ) {
-    tracing::warn!(upstream = %upstream.name, target = %target.url, error = %error, "connect to target failed");
+    tracing::warn!(upstream = %upstream.name, target_url = %target.url, error = %error, "connect to target failed");
     if let Some(policy) = &upstream.health_check
         && health::record(target, policy, false) == Some(Transition::BecameUnhealthy)
     {
-        tracing::warn!(upstream = %upstream.name, target = %target.url, "target unhealthy after connection errors");
+        tracing::warn!(upstream = %upstream.name, target_url = %target.url, "target unhealthy after connection errors");
     }
 }
 

@@ -111,7 +111,8 @@ fn listeners(
             names.push((&l.name, i));
         }
         let address = r.check(&path.key("address"), socket_addr(&l.address));
-        if let Some(a) = address {
+        // Port 0 asks the kernel for a free port, so two of them never collide.
+        if let Some(a) = address.filter(|a| a.port() != 0) {
             if let Some((_, j)) = addresses.iter().find(|(x, _)| *x == a) {
                 r.at(
                     &path.key("address"),

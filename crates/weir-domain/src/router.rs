@@ -14,6 +14,8 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use regex::RegexSet;
 
 use crate::route::{HostPattern, MethodSet, PathPattern, Route};
@@ -67,10 +69,10 @@ struct Rank {
 
 #[derive(Default, Debug)]
 struct Bucket {
-    exact: HashMap<String, Vec<usize>>,
+    exact: FxHashMap<String, Vec<usize>>,
     templates: matchit::Router<Vec<usize>>,
     template_routes: Vec<usize>,
-    prefixes: HashMap<String, Vec<usize>>,
+    prefixes: FxHashMap<String, Vec<usize>>,
     regex_set: Option<RegexSet>,
     regex_routes: Vec<usize>,
 }
@@ -79,7 +81,7 @@ struct Bucket {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    by_host: HashMap<String, Bucket>,
+    by_host: FxHashMap<String, Bucket>,
     wildcards: Vec<(String, Bucket)>,
     any_host: Bucket,
 }
@@ -89,7 +91,7 @@ impl RouteTable {
     pub fn build(routes: Vec<Route>) -> Result<Self, Vec<RouteConflict>> {
         let mut conflicts = Vec::new();
         check_duplicates(&routes, &mut conflicts);
-        let mut by_host: HashMap<String, Bucket> = HashMap::new();
+        let mut by_host: FxHashMap<String, Bucket> = FxHashMap::default();
         let mut wildcards: Vec<(String, Bucket)> = Vec::new();
         let mut any_host = Bucket::default();
         for (i, route) in routes.iter().enumerate() {

@@ -1,99 +1,375 @@
-//! The upstream client: one keep-alive pool per upstream (HTTP/1.1, or HTTP/2 multiplexed
-//! over one connection per target with prior knowledge).
+//! The upstream client: a connection pool per target, on hyper's low-level client.
+//!
+//! HTTP/1.1: idle connections wait on a per-target LIFO stack (the most recently used, so
+//! the warmest, is reused first). A connection returns to the stack when its response body
+//! has been read to the end, so no task is spawned per request to watch for that. A request
+//! that a pooled connection could not even send (the upstream closed it while idle) is
+//! retried once on a fresh connection: nothing reached the upstream, so that is always safe.
+//! HTTP/2: one multiplexed connection per target, shared by all requests.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use weir_domain::upstream::Protocol;
 
-/// Idle upstream connections are closed after this; shorter than common upstream keep-alive
-/// defaults (nginx 75 s, Node 5 s is the outlier) so weir usually closes first.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections older than this are not reused (upstreams commonly close at 60-75 s).
+const MAX_IDLE_AGE: Duration = Duration::from_secs(55);
+/// Idle connections kept per target; more are closed when returned.
+const MAX_IDLE_PER_TARGET: usize = 1024;
 
-/// A pooled client for one upstream, generic over the request body.
+/// Upstream read buffer. A response head must fit in it (nginx's `proxy_buffer_size` is a
+/// similar bound). Measured with callgrind: 16 KiB costs fewer instructions per proxied
+/// request than hyper's adaptive default or 8 KiB (fewer buffer reallocations).
+const READ_BUF: usize = 16 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an exchange failed.
 #[derive(Debug)]
-pub struct UpstreamClient<B> {
-    inner: Client<HttpConnector, B>,
+pub enum ClientError {
+    /// No connection could be made (refused, unreachable, timed out, handshake failed).
+    Connect(BoxError),
+    /// The exchange started and failed before a response head arrived.
+    Exchange(hyper::Error),
 }
-
-impl<B> Clone for UpstreamClient<B> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<B> UpstreamClient<B>
-where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    #[must_use]
-    pub fn new(protocol: Protocol, connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // The client's own Host header is passed through; the pipeline guarantees one.
-            .set_host(false);
-        if protocol == Protocol::Http2 {
-            builder.http2_only(true);
-        }
-        Self {
-            inner: builder.build(connector),
-        }
-    }
-
-    /// Sends a request whose URI names the target; resolves with the response head.
-    pub async fn send(&self, req: Request<B>) -> Result<Response<Incoming>, ClientError> {
-        self.inner.request(req).await.map_err(ClientError)
-    }
-}
-
-/// A failed exchange.
-#[derive(Debug)]
-pub struct ClientError(hyper_util::client::legacy::Error);
 
 impl ClientError {
-    /// No connection could be made: the target is down or unreachable.
     #[must_use]
-    pub fn is_connect(&self) -> bool {
-        self.0.is_connect()
-    }
-
-    /// The underlying error, to look through its source chain.
-    #[must_use]
-    pub fn into_inner(self) -> hyper_util::client::legacy::Error {
-        self.0
+    pub const fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_))
     }
 }
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::error::Error as _;
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
+        match self {
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Exchange(e) => {
+                write!(f, "{e}")?;
+                let mut source = e.source();
+                while let Some(s) = source {
+                    write!(f, ": {s}")?;
+                    source = s.source();
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
 impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
+        match self {
+            Self::Connect(e) => Some(&**e),
+            Self::Exchange(e) => Some(e),
+        }
+    }
+}
+
+struct Idle<B> {
+    sender: http1::SendRequest<B>,
+    since: Instant,
+}
+
+/// One target's connections.
+struct TargetPool<B> {
+    authority: String,
+    /// Parsed once when the authority is an IP literal, so connects skip name resolution.
+    addr: Option<SocketAddr>,
+    idle: Mutex<Vec<Idle<B>>>,
+    h2: Mutex<Option<http2::SendRequest<B>>>,
+}
+
+/// A pooled client for one upstream's targets (by index), generic over the request body.
+pub struct UpstreamClient<B> {
+    protocol: Protocol,
+    connect_timeout: Duration,
+    targets: Arc<[TargetPool<B>]>,
+}
+
+impl<B> std::fmt::Debug for UpstreamClient<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("targets", &self.targets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Clone for UpstreamClient<B> {
+    fn clone(&self) -> Self {
+        Self {
+            protocol: self.protocol,
+            connect_timeout: self.connect_timeout,
+            targets: Arc::clone(&self.targets),
+        }
+    }
+}
+
+impl<B> UpstreamClient<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// `authorities` are the targets' `host:port`, in target order.
+    #[must_use]
+    pub fn new(protocol: Protocol, connect_timeout: Duration, authorities: &[&str]) -> Self {
+        let targets = authorities
+            .iter()
+            .map(|a| TargetPool {
+                authority: (*a).to_owned(),
+                addr: a.parse().ok(),
+                idle: Mutex::new(Vec::new()),
+                h2: Mutex::new(None),
+            })
+            .collect();
+        Self {
+            protocol,
+            connect_timeout,
+            targets,
+        }
+    }
+
+    /// Sends a request to target `target`; resolves with the response head. The body
+    /// streams afterwards and returns the connection to the pool when it ends.
+    pub async fn send(
+        &self,
+        target: usize,
+        req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, ClientError> {
+        match self.protocol {
+            Protocol::Http1 => self.send_h1(target, req).await,
+            Protocol::Http2 => self.send_h2(target, req).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        target: usize,
+        mut req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, ClientError> {
+        let pool = &self.targets[target];
+        // HTTP/1.1 to an origin server takes origin-form (`/path?query`), not the absolute URI.
+        if req.uri().authority().is_some() {
+            let origin = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+            *req.uri_mut() = origin;
+        }
+        while let Some(mut sender) = self.checkout(pool) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.pooled(target, sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    // Never sent: the idle connection was already gone. Try the next one.
+                    Some(back) => req = back,
+                    None => return Err(ClientError::Exchange(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect_h1(pool).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.pooled(target, sender, resp)),
+            Err(e) => Err(ClientError::Exchange(e.into_error())),
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        target: usize,
+        mut req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, ClientError> {
+        let pool = &self.targets[target];
+        // HTTP/2 carries scheme and authority as pseudo-headers: the URI must be absolute.
+        if req.uri().authority().is_none() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = pool.authority.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        let existing = lock(&pool.h2).as_ref().filter(|s| !s.is_closed()).cloned();
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let s = self.connect_h2(pool).await?;
+                *lock(&pool.h2) = Some(s.clone());
+                s
+            }
+        };
+        if sender.ready().await.is_err() {
+            sender = self.connect_h2(pool).await?;
+            *lock(&pool.h2) = Some(sender.clone());
+        }
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(ClientError::Exchange)?;
+        Ok(resp.map(|body| PooledBody {
+            inner: body,
+            slot: None,
+        }))
+    }
+
+    fn checkout(&self, pool: &TargetPool<B>) -> Option<http1::SendRequest<B>> {
+        let mut idle = lock(&pool.idle);
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < MAX_IDLE_AGE {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn pooled(
+        &self,
+        target: usize,
+        sender: http1::SendRequest<B>,
+        resp: Response<Incoming>,
+    ) -> Response<PooledBody<B>> {
+        // A protocol switch hands the connection over for good; it never returns to the pool.
+        let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        let slot = reusable.then(|| ReturnSlot {
+            client: self.clone(),
+            target,
+            sender,
+        });
+        let mut resp = resp.map(|body| PooledBody { inner: body, slot });
+        if resp.body().inner.is_end_stream() {
+            resp.body_mut().release();
+        }
+        resp
+    }
+
+    async fn connect(&self, pool: &TargetPool<B>) -> Result<TokioIo<TcpStream>, ClientError> {
+        let connect = async {
+            match pool.addr {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect(pool.authority.as_str()).await,
+            }
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                ClientError::Connect(
+                    format!("connect timed out after {:?}", self.connect_timeout).into(),
+                )
+            })?
+            .map_err(|e| ClientError::Connect(Box::new(e)))?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_h1(&self, pool: &TargetPool<B>) -> Result<http1::SendRequest<B>, ClientError> {
+        let io = self.connect(pool).await?;
+        let (sender, conn) = http1::Builder::new()
+            .read_buf_exact_size(Some(READ_BUF))
+            .handshake(io)
+            .await
+            .map_err(|e| ClientError::Connect(Box::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self, pool: &TargetPool<B>) -> Result<http2::SendRequest<B>, ClientError> {
+        let io = self.connect(pool).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| ClientError::Connect(Box::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave a Vec of senders inconsistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where a connection goes back when its response is done.
+struct ReturnSlot<B> {
+    client: UpstreamClient<B>,
+    target: usize,
+    sender: http1::SendRequest<B>,
+}
+
+/// An upstream response body that returns its connection to the pool at the end.
+pub struct PooledBody<B> {
+    inner: Incoming,
+    slot: Option<ReturnSlot<B>>,
+}
+
+impl<B> std::fmt::Debug for PooledBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> PooledBody<B> {
+    /// The whole response was read: the connection can carry the next request.
+    fn release(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let pool = &slot.client.targets[slot.target];
+            let mut idle = lock(&pool.idle);
+            if idle.len() < MAX_IDLE_PER_TARGET {
+                idle.push(Idle {
+                    sender: slot.sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+impl<B: Unpin> Body for PooledBody<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.slot = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -35,9 +35,15 @@ impl Checks {
             let Some(policy) = upstream.health_check.clone() else {
                 continue;
             };
+            let authorities: Vec<&str> = upstream
+                .targets
+                .iter()
+                .map(|t| t.addr.authority.as_str())
+                .collect();
             let client = UpstreamClient::<Empty<Bytes>>::new(
                 upstream.protocol,
                 upstream.timeouts.connect.min(policy.timeout),
+                &authorities,
             );
             let name: Arc<str> = Arc::from(upstream.name.as_str());
             let count = upstream.targets.len().max(1) as u32;
@@ -53,13 +59,13 @@ impl Checks {
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tick.tick().await;
-                        let ok = probe(&client, &target, &policy.path, policy.timeout).await;
+                        let ok = probe(&client, i, &target, &policy.path, policy.timeout).await;
                         match health::record(&target, &policy, ok) {
                             Some(Transition::BecameUnhealthy) => tracing::warn!(
-                                upstream = %name, target = %target.url, "target failed health checks; out of rotation"
+                                upstream = %name, target_url = %target.url, "target failed health checks; out of rotation"
                             ),
                             Some(Transition::BecameHealthy) => tracing::info!(
-                                upstream = %name, target = %target.url, "target passed health checks; back in rotation"
+                                upstream = %name, target_url = %target.url, "target passed health checks; back in rotation"
                             ),
                             None => {}
                         }
@@ -73,19 +79,19 @@ impl Checks {
 
 async fn probe(
     client: &UpstreamClient<Empty<Bytes>>,
+    index: usize,
     target: &Target,
     path: &str,
     timeout: std::time::Duration,
 ) -> bool {
-    let uri = format!("http://{}{}", target.addr.authority, path);
-    let Ok(req) = Request::get(uri)
+    let Ok(req) = Request::get(path)
         .header(http::header::HOST, target.addr.authority.as_str())
         .header(http::header::USER_AGENT, "weir-health-check")
         .body(Empty::new())
     else {
         return false;
     };
-    match tokio::time::timeout(timeout, client.send(req)).await {
+    match tokio::time::timeout(timeout, client.send(index, req)).await {
         Ok(Ok(resp)) => {
             let s = resp.status();
             // The body is dropped unread; the pool discards the connection if it was not empty.

@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use weir_app::pipeline::Exchange;
 use weir_domain::upstream::InFlight;
 use weir_infra::access_log::Record;
+use weir_infra::client::PooledBody;
+
+use crate::forward::UpstreamBody;
 
 use crate::snapshot::Snapshot;
 
@@ -56,7 +58,7 @@ impl<B: HttpBody + Unpin> HttpBody for CountingBody<B> {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(PooledBody<UpstreamBody>),
     Full(Option<Bytes>),
 }
 
@@ -97,7 +99,7 @@ impl std::fmt::Debug for Body {
 
 impl Body {
     #[must_use]
-    pub fn upstream(b: Incoming) -> Self {
+    pub fn upstream(b: PooledBody<UpstreamBody>) -> Self {
         Self {
             inner: Inner::Upstream(b),
             bytes_out: 0,

@@ -5,7 +5,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use weir_app::body::{LimitedBody, is_body_too_large};
 use weir_app::{ForwardError, Forwarder};
-use weir_infra::client::UpstreamClient;
+use weir_infra::client::{PooledBody, UpstreamClient};
 
 use crate::body::CountingBody;
 
@@ -15,14 +15,21 @@ pub type UpstreamBody = LimitedBody<CountingBody<Incoming>>;
 /// One upstream's client.
 pub struct Forward(pub UpstreamClient<UpstreamBody>);
 
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl Forwarder<UpstreamBody> for Forward {
-    type ResBody = Incoming;
+    type ResBody = PooledBody<UpstreamBody>;
 
     async fn forward(
         &self,
+        target: usize,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        self.0.send(req).await.map_err(|e| {
+    ) -> Result<Response<Self::ResBody>, ForwardError> {
+        self.0.send(target, req).await.map_err(|e| {
             if e.is_connect() {
                 ForwardError::Connect(Box::new(e))
             } else if is_body_too_large(&e) {
@@ -31,11 +38,5 @@ impl Forwarder<UpstreamBody> for Forward {
                 ForwardError::Other(Box::new(e))
             }
         })
-    }
-}
-
-impl std::fmt::Debug for Forward {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Forward")
     }
 }

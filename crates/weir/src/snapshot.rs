@@ -87,7 +87,18 @@ impl Snapshot {
             .collect();
         let forwarders = upstreams
             .iter()
-            .map(|u| Forward(UpstreamClient::new(u.protocol, u.timeouts.connect)))
+            .map(|u| {
+                let authorities: Vec<&str> = u
+                    .targets
+                    .iter()
+                    .map(|t| t.addr.authority.as_str())
+                    .collect();
+                Forward(UpstreamClient::new(
+                    u.protocol,
+                    u.timeouts.connect,
+                    &authorities,
+                ))
+            })
             .collect();
         let checks = Checks::start(&upstreams);
         let gateway = Gateway::new(
