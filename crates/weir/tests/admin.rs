@@ -237,7 +237,6 @@ async fn admin_token_is_required_on_every_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: the admin API's 401 problem has no request_id (contract §5: one shape everywhere)"]
 async fn admin_401_has_the_full_problem_shape() {
     let backend = Backend::start("b").await;
     let gw = token_gateway(&backend).await;
@@ -528,7 +527,6 @@ async fn access_log_writes_one_json_line_per_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: validation rejects a listener and admin.listen both on 127.0.0.1:0 (\"the admin API needs its own address\"), though port 0 never collides"]
 async fn listener_and_admin_may_both_use_port_zero() {
     let yaml = common::dedent(
         r#"

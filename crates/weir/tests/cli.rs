@@ -563,7 +563,6 @@ async fn sigint_stops_and_sighup_does_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: JSON log lines with a `target` field (e.g. \"upstream exchange failed\") carry the key \"target\" twice"]
 async fn json_log_lines_have_unique_keys() {
     let dir = TempDir::new("cli");
     let dead = common::dead_addr();
