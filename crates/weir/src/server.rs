@@ -154,9 +154,11 @@ fn connection_builder(
         .http1()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        // Headers over the limit are answered 431 with a problem body by the pipeline; hyper's
-        // buffer stays a little larger so that check, not a bare hyper error, usually decides.
-        .max_buf_size((limits.max_header_bytes + 16 * 1024).max(16 * 1024));
+        // Heads over max_header_bytes are answered 431 with a problem body by the pipeline.
+        // hyper's parse buffer is 64 KiB larger so that check decides for all but absurd heads;
+        // past the buffer hyper refuses the head itself (431, no body). The buffer is only
+        // filled as far as a client actually sends.
+        .max_buf_size(limits.max_header_bytes + 64 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
