@@ -68,6 +68,32 @@ impl Env for ProcessEnv {
     }
 }
 
+/// An environment given as a map: for tests, and for embedding weir without touching the
+/// process environment.
+#[derive(Clone, Debug, Default)]
+pub struct MapEnv(pub std::collections::BTreeMap<String, String>);
+
+impl MapEnv {
+    #[must_use]
+    pub fn with(pairs: &[(&str, &str)]) -> Self {
+        Self(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
 /// One configuration problem, printed as `FILE:LINE:COL: key.path: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {

@@ -8,6 +8,7 @@
 //! leave; the service notes requests starting and ending; a watchdog per connection sleeps
 //! until the nearest deadline and ends the connection if nothing moved it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -104,18 +105,32 @@ impl Activity {
     }
 }
 
+/// After weir closes its side, unread request bytes the client is still sending are read and
+/// dropped for at most this long: closing a socket with unread data makes the kernel send a
+/// reset, which can destroy a response (say, a 413 for an upload) before the client reads it.
+const LINGER: Duration = Duration::from_secs(2);
+/// ... and at most this much, so a client that never stops sending cannot hold the slot.
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
 pin_project_lite::pin_project! {
-    /// A socket that reports traffic to its connection's [`Activity`].
+    /// A socket that reports traffic to its connection's [`Activity`] and closes lingering.
     pub struct Watched<S> {
         #[pin]
         inner: S,
         activity: std::sync::Arc<Activity>,
+        linger: Option<Pin<Box<tokio::time::Sleep>>>,
+        drained: usize,
     }
 }
 
 impl<S> Watched<S> {
     pub fn new(inner: S, activity: std::sync::Arc<Activity>) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            linger: None,
+            drained: 0,
+        }
     }
 }
 
@@ -135,7 +150,7 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite> AsyncWrite for Watched<S> {
+impl<S: AsyncRead + AsyncWrite> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -171,6 +186,37 @@ impl<S: AsyncWrite> AsyncWrite for Watched<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let mut this = self.project();
+        if this.linger.is_none() {
+            // Send FIN first: the client learns the response is complete and stops sending.
+            std::task::ready!(this.inner.as_mut().poll_shutdown(cx))?;
+            *this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 4096];
+        let mut this_poll = 0;
+        while *this.drained < LINGER_BYTES {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match this.inner.as_mut().poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    *this.drained += buf.filled().len();
+                    this_poll += buf.filled().len();
+                    if this_poll >= 64 * 1024 {
+                        // Let other connections run; come back for the rest.
+                        cx.waker().wake_by_ref();
+                        break;
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
+            }
+        }
+        if *this.drained >= LINGER_BYTES {
+            return Poll::Ready(Ok(()));
+        }
+        match this.linger.as_mut().map(|s| s.as_mut().poll(cx)) {
+            Some(Poll::Pending) => Poll::Pending,
+            _ => Poll::Ready(Ok(())),
+        }
     }
 }

@@ -189,14 +189,16 @@ async fn serve_connection(
         activity: Arc::clone(&activity),
     });
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
+    // The request future is boxed: hyper keeps a connection's service future inline in the
+    // connection, so an unboxed one would cost its full size on every idle connection.
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&ctx);
-        async move {
+        Box::pin(async move {
             ctx.activity
                 .request_started(req.version() == Version::HTTP_2);
             let _done = RequestDone(&ctx.activity);
             Ok::<_, Infallible>(service::handle(req, &ctx.shared, &ctx.info).await)
-        }
+        })
     });
     let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, svc));
     let mut draining = *stop.borrow();

@@ -1,33 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::BTreeMap;
+use weir_config::{Loaded, Overrides, Problems, load_str};
 
-use weir_config::{Env, Loaded, Overrides, Problems, load_str};
-
-/// An environment given as a map, so tests never touch the process environment.
-#[derive(Clone, Debug, Default)]
-pub struct TestEnv(pub BTreeMap<String, String>);
-
-impl TestEnv {
-    pub fn with(pairs: &[(&str, &str)]) -> Self {
-        Self(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    }
-}
-
-impl Env for TestEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
-    }
-    fn vars(&self) -> Vec<(String, String)> {
-        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-}
+pub use weir_config::MapEnv as TestEnv;
 
 pub fn load(yaml: &str) -> Result<Loaded, Problems> {
     load_str(

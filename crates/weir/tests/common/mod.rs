@@ -15,7 +15,6 @@ pub use process::*;
 #[allow(unused_imports)]
 pub use raw::*;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weir_config::{Env, Loaded, Overrides};
+use weir_config::{Loaded, Overrides};
 
 /// Where the admin API listens in tests: port 0, like every listener.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:0";
@@ -34,29 +33,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Environment and configuration
 
-/// An environment given as a map, so tests never touch the process environment.
-#[derive(Clone, Debug, Default)]
-pub struct MapEnv(pub BTreeMap<String, String>);
-
-impl MapEnv {
-    pub fn with(pairs: &[(&str, &str)]) -> Self {
-        Self(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    }
-}
-
-impl Env for MapEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
-    }
-    fn vars(&self) -> Vec<(String, String)> {
-        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-}
+pub use weir_config::MapEnv;
 
 /// Removes the common leading indentation, so YAML can be written indented in a test.
 pub fn dedent(text: &str) -> String {
