@@ -79,6 +79,20 @@ impl std::error::Error for ClientError {
     }
 }
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index`. Each worker keeps its own idle connections,
+/// so a connection is always driven by the thread that uses it (no cross-thread wake-ups).
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+fn worker_index() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
 struct Idle<B> {
     sender: http1::SendRequest<B>,
     since: Instant,
@@ -89,7 +103,8 @@ struct TargetPool<B> {
     authority: String,
     /// Parsed once when the authority is an IP literal, so connects skip name resolution.
     addr: Option<SocketAddr>,
-    idle: Mutex<Vec<Idle<B>>>,
+    /// One idle stack per worker thread.
+    idle: Box<[Mutex<Vec<Idle<B>>>]>,
     h2: Mutex<Option<http2::SendRequest<B>>>,
 }
 
@@ -124,15 +139,23 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// `authorities` are the targets' `host:port`, in target order.
+    /// `authorities` are the targets' `host:port`, in target order; `workers` the number of
+    /// worker threads that will use the client (each gets its own idle connections).
     #[must_use]
-    pub fn new(protocol: Protocol, connect_timeout: Duration, authorities: &[&str]) -> Self {
+    pub fn new(
+        protocol: Protocol,
+        connect_timeout: Duration,
+        authorities: &[&str],
+        workers: usize,
+    ) -> Self {
         let targets = authorities
             .iter()
             .map(|a| TargetPool {
                 authority: (*a).to_owned(),
                 addr: a.parse().ok(),
-                idle: Mutex::new(Vec::new()),
+                idle: (0..workers.max(1))
+                    .map(|_| Mutex::new(Vec::new()))
+                    .collect(),
                 h2: Mutex::new(None),
             })
             .collect();
@@ -230,7 +253,7 @@ where
     }
 
     fn checkout(&self, pool: &TargetPool<B>) -> Option<http1::SendRequest<B>> {
-        let mut idle = lock(&pool.idle);
+        let mut idle = lock(&pool.idle[worker_index() % pool.idle.len()]);
         while let Some(entry) = idle.pop() {
             if !entry.sender.is_closed() && entry.since.elapsed() < MAX_IDLE_AGE {
                 return Some(entry.sender);
@@ -247,9 +270,11 @@ where
     ) -> Response<PooledBody<B>> {
         // A protocol switch hands the connection over for good; it never returns to the pool.
         let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        let worker = worker_index();
         let slot = reusable.then(|| ReturnSlot {
             client: self.clone(),
             target,
+            worker,
             sender,
         });
         let mut resp = resp.map(|body| PooledBody { inner: body, slot });
@@ -318,6 +343,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct ReturnSlot<B> {
     client: UpstreamClient<B>,
     target: usize,
+    /// The worker whose idle stack it came from, and returns to.
+    worker: usize,
     sender: http1::SendRequest<B>,
 }
 
@@ -338,7 +365,7 @@ impl<B> PooledBody<B> {
     fn release(&mut self) {
         if let Some(slot) = self.slot.take() {
             let pool = &slot.client.targets[slot.target];
-            let mut idle = lock(&pool.idle);
+            let mut idle = lock(&pool.idle[slot.worker % pool.idle.len()]);
             if idle.len() < MAX_IDLE_PER_TARGET {
                 idle.push(Idle {
                     sender: slot.sender,

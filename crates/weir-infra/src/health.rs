@@ -44,6 +44,7 @@ impl Checks {
                 upstream.protocol,
                 upstream.timeouts.connect.min(policy.timeout),
                 &authorities,
+                1,
             );
             let name: Arc<str> = Arc::from(upstream.name.as_str());
             let count = upstream.targets.len().max(1) as u32;

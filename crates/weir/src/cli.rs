@@ -172,30 +172,79 @@ fn run(args: &RunArgs) -> ExitCode {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
     };
-    // One worker: a current-thread runtime has no work-stealing machinery to pay for.
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
+    // Thread per core, as nginx runs process per core: every worker is a current-thread
+    // runtime with its own listening sockets and idle upstream connections, so a connection
+    // is served start to end on one thread with no work stealing or cross-thread wake-ups.
+    // This thread is worker 0 and also runs the admin API, health checks and signals.
+    let main_rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(serve(loaded, workers))
+    let (halt, halt_rx) = tokio::sync::watch::channel(false);
+    let mut handles = vec![main_rt.handle().clone()];
+    let mut threads = Vec::new();
+    for index in 1..workers {
+        match spawn_worker(index, halt_rx.clone()) {
+            Ok((handle, thread)) => {
+                handles.push(handle);
+                threads.push(thread);
+            }
+            Err(e) => {
+                eprintln!("cannot start worker thread {index}: {e}");
+                let _ = halt.send(true);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let code = main_rt.block_on(serve(loaded, &handles));
+    let _ = halt.send(true);
+    for t in threads {
+        let _ = t.join();
+    }
+    code
 }
 
-async fn serve(loaded: weir_config::Loaded, workers: usize) -> ExitCode {
+/// Starts worker thread `index` with its own current-thread runtime, which runs until `halt`.
+fn spawn_worker(
+    index: usize,
+    mut halt: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(tokio::runtime::Handle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("weir-worker-{index}"))
+        .spawn(move || {
+            weir_infra::client::set_worker_index(index);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(runtime.handle().clone()));
+            runtime.block_on(async move {
+                let _ = halt.wait_for(|h| *h).await;
+            });
+        })?;
+    let handle = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("worker thread exited at start"))??;
+    Ok((handle, thread))
+}
+
+async fn serve(loaded: weir_config::Loaded, workers: &[tokio::runtime::Handle]) -> ExitCode {
     let version = loaded.version.clone();
-    let running = match crate::start::start(loaded).await {
+    let workers_count = workers.len();
+    let running = match crate::start::start_on(loaded, workers).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -203,7 +252,7 @@ async fn serve(loaded: weir_config::Loaded, workers: usize) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(version = %version, workers, "weir started");
+    tracing::info!(version = %version, workers = workers_count, "weir started");
     crate::signals::wait_for_stop().await;
     tracing::info!("draining: no new connections, waiting for in-flight requests");
     if running.shutdown().await {

@@ -61,27 +61,33 @@ impl Shared {
     }
 }
 
-/// Binds a listener with `SO_REUSEADDR`, so a restart does not wait out TIME_WAIT.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listening socket with `SO_REUSEADDR`, so a restart does not wait out TIME_WAIT,
+/// and with `reuse_port` also `SO_REUSEPORT`, so each worker thread can own a socket on the
+/// same address and the kernel spreads new connections over them.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(false).ok();
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Everything one accept loop needs.
 pub struct Listener {
     pub index: usize,
-    pub socket: TcpListener,
+    /// Registered with the worker's runtime when its accept loop starts.
+    pub socket: std::net::TcpListener,
     pub settings: ListenerSettings,
     pub limits: Limits,
 }
@@ -98,6 +104,13 @@ struct ConnCtx {
 /// Every connection holds a clone of `stop`: when it flips, HTTP/1 connections finish their
 /// current response and close, HTTP/2 ones send GOAWAY; `drain` waits for all clones to drop.
 pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let socket = match TcpListener::from_std(l.socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(listener = %l.settings.name, error = %e, "cannot register the listening socket");
+            return;
+        }
+    };
     let builder = connection_builder(&l.settings, &l.limits);
     let permits = Arc::new(Semaphore::new(l.limits.max_connections));
     loop {
@@ -108,7 +121,7 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
             _ = stop.changed() => return,
         };
         let (stream, peer) = tokio::select! {
-            r = l.socket.accept() => match r {
+            r = socket.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.

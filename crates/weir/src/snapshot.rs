@@ -47,8 +47,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds everything a config needs to serve. Must run inside the runtime (it starts
-    /// health-check tasks). `access_log` is shared across generations.
-    pub fn build(loaded: Loaded, access_log: Option<AccessLog>) -> Result<Self, String> {
+    /// health-check tasks). `access_log` is shared across generations; `workers` is the
+    /// number of worker threads (each gets its own idle upstream connections).
+    pub fn build(
+        loaded: Loaded,
+        access_log: Option<AccessLog>,
+        workers: usize,
+    ) -> Result<Self, String> {
         let Loaded {
             settings,
             routes,
@@ -97,6 +102,7 @@ impl Snapshot {
                     u.protocol,
                     u.timeouts.connect,
                     &authorities,
+                    workers,
                 ))
             })
             .collect();

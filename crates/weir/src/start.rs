@@ -46,8 +46,19 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Binds and serves a loaded configuration.
+/// Binds and serves a loaded configuration on the current runtime (one worker).
 pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
+    start_on(loaded, &[tokio::runtime::Handle::current()]).await
+}
+
+/// Binds and serves a loaded configuration with one accept loop per listener on each
+/// worker runtime in `workers` (the first is the current one, which also runs the admin API
+/// and health checks). With several workers each gets its own `SO_REUSEPORT` socket, so
+/// connections are spread by the kernel and a connection lives on one thread for its life.
+pub async fn start_on(
+    loaded: Loaded,
+    workers: &[tokio::runtime::Handle],
+) -> Result<Running, StartError> {
     let settings = loaded.settings.clone();
     let access_log = if settings.access_log.enabled {
         let sink = match &settings.access_log.target {
@@ -59,45 +70,65 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     } else {
         None
     };
-    let snapshot = Snapshot::build(loaded, access_log).map_err(StartError::Build)?;
+    let worker_count = workers.len().max(1);
+    let snapshot = Snapshot::build(loaded, access_log, worker_count).map_err(StartError::Build)?;
     let shared = Arc::new(Shared::new(snapshot));
 
     // Bind everything before serving anything: a half-started gateway is worse than none.
-    let mut sockets = Vec::new();
+    // The first socket of a listener fixes its port (port 0 asks for a free one); the other
+    // workers' sockets join that same port.
+    let reuse_port = worker_count > 1;
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = Vec::new();
+    let mut addrs = Vec::new();
     for l in &settings.listeners {
-        let socket = server::bind(l.address).map_err(|source| StartError::Bind {
+        let bind_error = |source| StartError::Bind {
             what: format!("listener \"{}\"", l.name),
             addr: l.address,
             source,
-        })?;
-        sockets.push(socket);
+        };
+        let first = server::bind(l.address, reuse_port).map_err(bind_error)?;
+        let addr = first.local_addr().unwrap_or(l.address);
+        let mut per_worker = vec![first];
+        for _ in 1..worker_count {
+            per_worker.push(server::bind(addr, true).map_err(bind_error)?);
+        }
+        addrs.push(addr);
+        sockets.push(per_worker);
     }
     let admin_socket = match settings.admin.listen {
-        Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
-            what: "admin".into(),
-            addr,
-            source,
-        })?),
+        Some(addr) => {
+            let std = server::bind(addr, false).map_err(|source| StartError::Bind {
+                what: "admin".into(),
+                addr,
+                source,
+            })?;
+            Some(
+                tokio::net::TcpListener::from_std(std).map_err(|source| StartError::Bind {
+                    what: "admin".into(),
+                    addr,
+                    source,
+                })?,
+            )
+        }
         None => None,
     };
 
     let (stop, stop_rx) = watch::channel(false);
-    let mut addrs = Vec::new();
-    for (index, (socket, l)) in sockets.into_iter().zip(&settings.listeners).enumerate() {
-        let addr = socket.local_addr().unwrap_or(l.address);
-        tracing::info!(listener = %l.name, address = %addr, http2 = l.http2, "listening");
-        addrs.push(addr);
-        let listener = Listener {
-            index,
-            socket,
-            settings: l.clone(),
-            limits: settings.limits,
-        };
-        tokio::spawn(server::accept_loop(
-            listener,
-            Arc::clone(&shared),
-            stop_rx.clone(),
-        ));
+    for (index, (per_worker, l)) in sockets.into_iter().zip(&settings.listeners).enumerate() {
+        tracing::info!(listener = %l.name, address = %addrs[index], http2 = l.http2, workers = worker_count, "listening");
+        for (socket, handle) in per_worker.into_iter().zip(workers) {
+            let listener = Listener {
+                index,
+                socket,
+                settings: l.clone(),
+                limits: settings.limits,
+            };
+            handle.spawn(server::accept_loop(
+                listener,
+                Arc::clone(&shared),
+                stop_rx.clone(),
+            ));
+        }
     }
     let (admin_addr, admin_stop) = match admin_socket {
         Some(socket) => {
