@@ -27,6 +27,8 @@ use crate::request_id;
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address with IPv4-mapped IPv6 folded to IPv4.
+    pub peer_ip: IpAddr,
     /// The peer address as a header value, for `X-Forwarded-For`.
     pub peer_value: HeaderValue,
     pub peer_trusted: bool,
@@ -40,6 +42,7 @@ impl ConnInfo {
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self {
             peer,
+            peer_ip: ip,
             peer_value,
             peer_trusted: trusted.iter().any(|c| c.contains(ip)),
         }
@@ -174,7 +177,7 @@ impl<F> Gateway<F> {
             .map_err(|e| GatewayError::new(ErrorKind::BadRequest, e.to_string()))?;
         // The client address other policies and the log use; trusted proxies are looked through.
         ex.client_ip = headers::client_ip(
-            conn.peer.ip().to_canonical(),
+            conn.peer_ip,
             conn.peer_trusted,
             req.headers(),
             &self.trusted_proxies,
@@ -233,7 +236,17 @@ impl<F> Gateway<F> {
         } else {
             Cow::Owned(route.path_transform.apply(&path))
         };
-        let client_authority = req.uri().authority().cloned();
+        // `Host` as the client sent it; HTTP/2 clients name the host in :authority instead,
+        // and then it must be added for the upstream.
+        let (host_value, host_missing) = match req.headers().get(header::HOST) {
+            Some(h) => (Some(h.clone()), false),
+            None => (
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                true,
+            ),
+        };
         *req.uri_mut() = upstream_uri(
             req.uri(),
             &upstream_path,
@@ -242,19 +255,11 @@ impl<F> Gateway<F> {
         // Hop-by-hop out, X-Forwarded-* and the request id in (after, so a client cannot
         // name them in `Connection` to strip them).
         let upgrade = headers::is_upgrade(req.headers());
-        // HTTP/2 clients name the host in :authority rather than `Host`.
-        let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
-            client_authority
-                .as_ref()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h, upgrade);
         headers::set_forwarded(h, &conn.peer_value, conn.peer_trusted, host_value.as_ref());
         h.insert(&headers::X_REQUEST_ID, ex.request_id.clone());
-        if !h.contains_key(header::HOST)
-            && let Some(a) = host_value
-        {
+        if host_missing && let Some(a) = host_value {
             h.insert(header::HOST, a);
         }
         // The version spoken upstream is the upstream's, whatever the client spoke.

@@ -111,7 +111,8 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
             return;
         }
     };
-    let builder = connection_builder(&l.settings, &l.limits);
+    // Shared, not copied: a copy would sit in every connection's task for its whole life.
+    let builder = Arc::new(connection_builder(&l.settings, &l.limits));
     let permits = Arc::new(Semaphore::new(l.limits.max_connections));
     loop {
         // At the connection cap, wait for a slot rather than accept and drop: the kernel's
@@ -134,13 +135,14 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
-        let builder = builder.clone();
+        let builder = Arc::clone(&builder);
         let conn_stop = stop.clone();
         let limits = l.limits;
         let index = l.index;
         tokio::spawn(async move {
-            let stats = &shared.listeners[index];
-            stats.active.fetch_add(1, Ordering::Relaxed);
+            shared.listeners[index]
+                .active
+                .fetch_add(1, Ordering::Relaxed);
             serve_connection(
                 stream,
                 peer,
@@ -195,10 +197,10 @@ async fn serve_connection(
     limits: Limits,
 ) {
     let activity = Arc::new(Activity::default());
-    let trusted = shared.snapshot.load().settings.trusted_proxies.clone();
+    let info = ConnInfo::new(peer, &shared.snapshot.load().settings.trusted_proxies);
     let ctx = Arc::new(ConnCtx {
         shared,
-        info: ConnInfo::new(peer, &trusted),
+        info,
         activity: Arc::clone(&activity),
     });
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));

@@ -26,7 +26,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
         Some(v) if request_id::is_well_formed(v) => v.clone(),
         _ => request_id::generate(),
     };
-    let mut exchange = Exchange::new(request_id, conn.peer.ip().to_canonical());
+    let mut exchange = Exchange::new(request_id, conn.peer_ip);
     let log = snapshot.access_log.as_ref().map(|_| LogParts {
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
@@ -44,30 +44,24 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
         Ok(Outcome::Proxied(mut resp, guard)) => {
             record_upstream(&snapshot, &exchange, resp.status(), start);
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if switching {
-                match client_upgrade {
-                    Some(client) => tunnel(client, hyper::upgrade::on(&mut resp)),
-                    None => {
-                        // An upstream may not switch protocols the client did not ask for.
-                        let err = weir_app::GatewayError::new(
-                            weir_domain::ErrorKind::BadGateway,
-                            "the upstream switched protocols unasked",
-                        );
-                        return finish(
-                            problem::response(&err, &exchange.request_id),
-                            snapshot,
-                            start,
-                            method_index,
-                            exchange,
-                            None,
-                            log,
-                        );
+            match (switching, client_upgrade) {
+                (true, None) => {
+                    // An upstream may not switch protocols the client did not ask for.
+                    let err = weir_app::GatewayError::new(
+                        weir_domain::ErrorKind::BadGateway,
+                        "the upstream switched protocols unasked",
+                    );
+                    problem::response(&err, &exchange.request_id)
+                }
+                (switching, client) => {
+                    if let Some(client) = client.filter(|_| switching) {
+                        tunnel(client, hyper::upgrade::on(&mut resp));
                     }
+                    remove_hop_by_hop(resp.headers_mut(), switching);
+                    in_flight = Some(guard);
+                    resp.map(Body::upstream)
                 }
             }
-            remove_hop_by_hop(resp.headers_mut(), switching);
-            in_flight = Some(guard);
-            resp.map(Body::upstream)
         }
         Ok(Outcome::Respond(i)) => match &snapshot.replies[i] {
             Some(reply) => {
@@ -83,31 +77,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, exchange.request_id.clone());
-    finish(
-        response,
-        snapshot,
-        start,
-        method_index,
-        exchange,
-        in_flight,
-        log,
-    )
-}
-
-fn finish(
-    mut response: Response<Body>,
-    snapshot: Arc<crate::snapshot::Snapshot>,
-    start: Instant,
-    method_index: u8,
-    exchange: Exchange,
-    in_flight: Option<weir_domain::upstream::InFlight>,
-    log: Option<LogParts>,
-) -> Response<Body> {
     let status = response.status().as_u16();
-    response
-        .headers_mut()
-        .entry(&X_REQUEST_ID)
-        .or_insert_with(|| exchange.request_id.clone());
     let finish = Finish {
         snapshot,
         start,
