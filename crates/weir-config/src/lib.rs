@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use weir_domain::auth::AuthSettings;
 use weir_domain::net::Cidr;
 use weir_domain::router::RouteTable;
 use weir_domain::upstream::Upstream;
@@ -148,6 +149,8 @@ pub struct Loaded {
     pub routes: RouteTable,
     /// Indexed by `UpstreamId`.
     pub upstreams: Vec<Upstream>,
+    /// Identity providers (indexed by `ProviderId`) and consumers.
+    pub auth: AuthSettings,
     /// The effective configuration (defaults and overrides applied) as JSON, every secret
     /// replaced by `"***"`: what `GET /config` shows.
     pub effective: serde_json::Value,
@@ -296,6 +299,7 @@ pub fn load_str(
         settings,
         routes,
         upstreams,
+        auth: AuthSettings::default(),
         effective,
         version,
     })

@@ -130,6 +130,7 @@ fn route_of(
         timeout: timeout?,
         max_body_bytes: max_body_bytes?,
         path_transform: path_transform?,
+        access: weir_domain::route::Access::default(),
     })
 }
 

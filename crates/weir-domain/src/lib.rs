@@ -6,6 +6,7 @@
 //! no HTTP library. Shared mutable state is atomics only, so the request path never locks.
 //! Adapters and the pipeline live in outer crates and depend on this one, never the reverse.
 
+pub mod auth;
 pub mod balance;
 pub mod clock;
 pub mod error;

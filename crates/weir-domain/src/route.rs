@@ -444,6 +444,16 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub max_body_bytes: Option<u64>,
     pub path_transform: PathTransform,
+    /// Who may call the route (`auth`, `ip`, `cors`); `None` when open.
+    pub access: Access,
+}
+
+/// A route's edge policies, in the order they run: IP lists, CORS, authentication.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub ip: Option<crate::auth::IpPolicy>,
+    pub cors: Option<crate::auth::CorsPolicy>,
+    pub auth: Option<crate::auth::RouteAuth>,
 }
 
 #[cfg(test)]

@@ -89,7 +89,9 @@ pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-fn worker_index() -> usize {
+/// The index set by [`set_worker_index`] for this thread (0 when never set).
+#[must_use]
+pub fn worker_index() -> usize {
     WORKER.with(std::cell::Cell::get)
 }
 

@@ -7,6 +7,7 @@
 //! needs from the outside; it never depends on the application layer.
 
 pub mod access_log;
+pub mod auth;
 pub mod client;
 pub mod health;
 pub mod metrics;

@@ -58,6 +58,7 @@ impl Snapshot {
             settings,
             routes,
             upstreams,
+            auth: _,
             effective,
             version,
         } = loaded;

@@ -99,6 +99,7 @@ fn table(specs: Vec<R>) -> RouteTable {
             timeout: None,
             max_body_bytes: None,
             path_transform: PathTransform::default(),
+                access: crate::route::Access::default(),
         })
         .collect();
     RouteTable::build(routes).unwrap()
@@ -264,6 +265,7 @@ fn conflicts_are_reported() {
                 timeout: None,
                 max_body_bytes: None,
                 path_transform: PathTransform::default(),
+                access: crate::route::Access::default(),
             })
             .collect();
         RouteTable::build(routes)
