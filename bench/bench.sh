@@ -8,6 +8,10 @@
 # Rounds are interleaved (weir nginx haproxy, nginx haproxy weir, ...). Then memory:
 # idle RSS and RSS with 2,000 idle keep-alive connections. See bench/README.md.
 #
+# --auth measures the cost of authentication instead: one weir process with three routes
+# that differ only in auth (weir: none, weir-key: API key, weir-jwt: RS256 JWT), next to
+# nginx and HAProxy, pinned mode and the small body by default, no memory test.
+#
 # Usage: bench/bench.sh [options]         (from anywhere; needs nginx, haproxy, wrk, python3)
 set -uo pipefail
 shopt -u patsub_replacement 2>/dev/null || true   # keep '&' literal in ${var//x/y}
@@ -22,8 +26,10 @@ DURATION=10          # seconds per measured wrk run
 WARMUP=2             # seconds of warm-up per proxy and body (not measured)
 CONNS=50             # wrk connections
 IDLE_CONNS=2000      # idle keep-alive connections in the memory test
-MODES="pinned unpinned"
-PROXIES="weir,nginx,haproxy"
+MODES=""             # default: "pinned unpinned" ("pinned" with --auth)
+BODIES=""            # default: "small large" ("small" with --auth)
+PROXIES=""           # default: weir,nginx,haproxy (weir,weir-key,weir-jwt,nginx,haproxy with --auth)
+AUTH=0
 WEIR="$REPO/target/release/weir"
 MEMORY=1
 INSTALL=0
@@ -34,6 +40,10 @@ LOAD_CPU="${LOAD_CPU:-1}"        # the core wrk and the origin share in pinned m
 # 127.0.0.1 only. 19xxx: no overlap with the reference harness (18080-18100).
 ORIGIN_PORT=19080
 declare -A PORT=([weir]=19081 [nginx]=19082 [haproxy]=19083)
+# --auth: the weir variants are routes of the same weir process (same port)
+AUTH_VARIANTS="weir-key weir-jwt"
+declare -A PREFIX=()   # variant -> path prefix in front of /small, /large
+declare -A HDR=()      # variant -> credential header sent by wrk and the readiness check
 declare -A BODY_LEN=([small]=100 [large]=16384)
 
 usage() {
@@ -44,11 +54,16 @@ Benchmarks weir, nginx and HAProxy as reverse proxies to the same origin and pri
 markdown table (also saved, with raw data, under bench/results/<timestamp>/).
 
   --quick               short smoke run: 2 rounds x 3 s, 1 s warm-up (~2-3 minutes)
+  --auth                cost of authentication: weir without auth, with an API key
+                        (weir-key) and with an RS256 JWT (weir-jwt), plus nginx and HAProxy;
+                        pinned and small body unless --only/--bodies say otherwise; no memory test
   --rounds N            interleaved rounds per mode and body [$ROUNDS]
   --duration S          seconds per measured run [$DURATION]
   --warmup S            warm-up seconds per proxy and body [$WARMUP]
-  --only MODE           pinned or unpinned (default: both)
-  --proxies LIST        comma-separated subset/order of weir,nginx,haproxy [$PROXIES]
+  --only MODE           pinned, unpinned or both [both; pinned with --auth]
+  --bodies LIST         small, large or small,large [small,large; small with --auth]
+  --proxies LIST        comma-separated subset/order of weir,nginx,haproxy
+                        (with --auth also weir-key,weir-jwt) [all of them]
   --weir PATH           weir binary [target/release/weir]
   --idle-conns N        connections held open in the memory test [$IDLE_CONNS]
   --no-memory           skip the memory test
@@ -69,6 +84,8 @@ while [ $# -gt 0 ]; do
         --duration) need_arg "$@"; DURATION="$2"; shift 2 ;;
         --warmup) need_arg "$@"; WARMUP="$2"; shift 2 ;;
         --only) need_arg "$@"; MODES="$2"; shift 2 ;;
+        --bodies) need_arg "$@"; BODIES="$2"; shift 2 ;;
+        --auth) AUTH=1; shift ;;
         --proxies) need_arg "$@"; PROXIES="$2"; shift 2 ;;
         --weir) need_arg "$@"; WEIR="$2"; shift 2 ;;
         --idle-conns) need_arg "$@"; IDLE_CONNS="$2"; shift 2 ;;
@@ -86,20 +103,46 @@ die() { log "ERROR: $*"; exit 1; }
 for n in "$ROUNDS" "$DURATION" "$WARMUP" "$IDLE_CONNS"; do
     if ! [[ "$n" =~ ^[1-9][0-9]*$ ]]; then die "not a positive integer: $n"; fi
 done
-case "$MODES" in pinned|unpinned|"pinned unpinned") ;; *) die "--only takes pinned or unpinned" ;; esac
+if [ "$AUTH" = 1 ]; then
+    : "${MODES:=pinned}" "${BODIES:=small}" "${PROXIES:=weir,weir-key,weir-jwt,nginx,haproxy}"
+    MEMORY=0   # the auth routes do not change what an idle connection costs
+    PREFIX=([weir]=/open [weir-key]=/key [weir-jwt]=/jwt)   # the routes of weir.auth.yaml
+    for p in $AUTH_VARIANTS; do PORT[$p]="${PORT[weir]}"; done
+fi
+: "${MODES:=both}" "${BODIES:=small,large}" "${PROXIES:=weir,nginx,haproxy}"
+case "$MODES" in
+    pinned|unpinned) ;;
+    both|"pinned unpinned") MODES="pinned unpinned" ;;
+    *) die "--only takes pinned, unpinned or both" ;;
+esac
+read -r -a BODY_LIST <<<"${BODIES//,/ }"
+[ "${#BODY_LIST[@]}" -gt 0 ] || die "--bodies is empty"
+for b in "${BODY_LIST[@]}"; do
+    [ -n "${BODY_LEN[$b]:-}" ] || die "unknown body '$b' (use small, large)"
+done
 read -r -a PROXY_LIST <<<"${PROXIES//,/ }"
 [ "${#PROXY_LIST[@]}" -gt 0 ] || die "--proxies is empty"
 for p in "${PROXY_LIST[@]}"; do
-    [ -n "${PORT[$p]:-}" ] || die "unknown proxy '$p' (use weir, nginx, haproxy)"
+    if [[ " $AUTH_VARIANTS " == *" $p "* ]] && [ "$AUTH" = 0 ]; then die "proxy '$p' needs --auth"; fi
+    [ -n "${PORT[$p]:-}" ] || die "unknown proxy '$p' (use weir, nginx, haproxy; with --auth also $AUTH_VARIANTS)"
 done
-has_proxy() { [[ " ${PROXY_LIST[*]} " == *" $1 "* ]]; }
+# the server process behind a proxy name: the weir variants all share the one weir
+server_of() { case "$1" in weir|weir-*) echo weir ;; *) echo "$1" ;; esac; }
+SERVER_LIST=()
+for p in "${PROXY_LIST[@]}"; do
+    s="$(server_of "$p")"
+    [[ " ${SERVER_LIST[*]} " == *" $s "* ]] || SERVER_LIST+=("$s")
+done
+has_server() { [[ " ${SERVER_LIST[*]} " == *" $1 "* ]]; }
 
 # ------------------------------------------------------------------ prerequisites
 # Debian puts nginx and haproxy in /usr/sbin, which is not in every user's PATH.
 find_tool() { command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true; }
 declare -A PKG=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [python3]=python3 [taskset]=util-linux [timeout]=coreutils)
 missing=()
-for t in nginx haproxy wrk python3 taskset timeout; do
+tools=(nginx haproxy wrk python3 taskset timeout)
+if [ "$AUTH" = 1 ]; then PKG[openssl]=openssl; tools+=(openssl); fi
+for t in "${tools[@]}"; do
     [ -n "$(find_tool "$t")" ] || missing+=("${PKG[$t]}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -120,7 +163,7 @@ NGINX="$(find_tool nginx)"
 HAPROXY="$(find_tool haproxy)"
 PY=/usr/bin/python3; [ -x "$PY" ] || PY="$(command -v python3)"
 
-if has_proxy weir && [ ! -x "$WEIR" ]; then
+if has_server weir && [ ! -x "$WEIR" ]; then
     die "weir binary not found at $WEIR (build it with 'cargo build --release', pass --weir PATH, or use --proxies nginx,haproxy)"
 fi
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (pinned mode puts the proxy and the load on separate cores)"
@@ -222,31 +265,85 @@ start_server() {
                 WORKERS="$workers" PORT="${PORT[haproxy]}" ORIGIN_PORT="$ORIGIN_PORT"
             spawn haproxy "$cpu" "$HAPROXY" -db -f "$RUN/haproxy-$mode.cfg" ;;
         weir)
-            spawn weir "$cpu" env WEIR_WORKERS="$workers" BENCH_ORIGIN="127.0.0.1:$ORIGIN_PORT" \
-                "$WEIR" run -c "$HERE/weir.bench.yaml" --listen "127.0.0.1:${PORT[weir]}" ;;
+            spawn weir "$cpu" env "${WEIR_ENV[@]}" WEIR_WORKERS="$workers" BENCH_ORIGIN="127.0.0.1:$ORIGIN_PORT" \
+                "$WEIR" run -c "$WEIR_CONFIG" --listen "127.0.0.1:${PORT[weir]}" ;;
     esac
     SRV_PID="$SPAWNED"
 }
 
-# ready NAME: both bodies come back 200 with the origin's exact length (proves real forwarding)
+# url NAME BODY: what wrk and the readiness check request for this proxy (variant)
+url() { echo "http://127.0.0.1:${PORT[$1]}${PREFIX[$1]:-}/$2"; }
+
+# ready NAME: both bodies come back 200 with the origin's exact length (proves real forwarding),
+# for a weir auth variant with its credential
 ready() {
-    local name="$1" port b
+    local name="$1" port b hdr=()
     if [ "$name" = origin ]; then port="$ORIGIN_PORT"; else port="${PORT[$name]}"; fi
+    [ -z "${HDR[$name]:-}" ] || hdr=(--header "${HDR[$name]}")
     for b in small large; do
-        "$PY" "$KIT" ready --port "$port" --path "/$b" --length "${BODY_LEN[$b]}" --timeout 30 || {
-            tail -n 5 "$RUN/$name.log" "$RUN/$name.error.log" 2>/dev/null >&2
+        "$PY" "$KIT" ready --port "$port" --path "${PREFIX[$name]:-}/$b" "${hdr[@]}" \
+            --length "${BODY_LEN[$b]}" --timeout 30 || {
+            tail -n 5 "$RUN/$(server_of "$name").log" "$RUN/$(server_of "$name").error.log" 2>/dev/null >&2
             return 1
         }
     done
 }
 
+# auth_enforced: weir (already answering) refuses requests without a valid credential
+auth_enforced() {
+    local port="${PORT[weir]}" sig bad
+    sig="${TOKEN##*.}"
+    # change one character in the middle of the signature (the last one may only hold padding bits)
+    if [ "${sig:20:1}" = A ]; then bad="${TOKEN%.*}.${sig:0:20}B${sig:21}"; else bad="${TOKEN%.*}.${sig:0:20}A${sig:21}"; fi
+    local -a checks=(
+        "/key/small|"                                   # no key
+        "/key/small|X-Api-Key: wrong-$API_KEY"          # wrong key
+        "/jwt/small|"                                   # no token
+        "/jwt/small|Authorization: Bearer $bad"         # forged signature
+        "/jwt/small|X-Api-Key: $API_KEY"                # a key is not a token
+    )
+    local c path h hdr
+    for c in "${checks[@]}"; do
+        path="${c%%|*}" h="${c#*|}" hdr=()
+        [ -z "$h" ] || hdr=(--header "$h")
+        "$PY" "$KIT" ready --port "$port" --path "$path" "${hdr[@]}" --status 401 --timeout 5 || {
+            log "weir should refuse GET $path ${h:+with ${h%%:*} }with 401"
+            return 1
+        }
+    done
+}
+
+# ------------------------------------------------------------------ auth material
+# --auth: fresh key material for this run only (deleted with $RUN)
+WEIR_CONFIG="$HERE/weir.bench.yaml"
+WEIR_ENV=()
+if [ "$AUTH" = 1 ] && has_server weir; then
+    WEIR_CONFIG="$HERE/weir.auth.yaml"
+    mkdir -m 700 "$RUN/auth" || die "mkdir failed"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$RUN/auth/jwt.key" 2>"$RUN/auth/openssl.log" \
+        && openssl pkey -in "$RUN/auth/jwt.key" -pubout -out "$RUN/auth/jwt.pub" 2>>"$RUN/auth/openssl.log" \
+        || { cat "$RUN/auth/openssl.log" >&2; die "openssl could not make an RSA key pair"; }
+    API_KEY="bench-$(openssl rand -hex 16)" || die "openssl rand failed"
+    TOKEN="$("$PY" "$KIT" jwt --key "$RUN/auth/jwt.key" --verify-with "$RUN/auth/jwt.pub" \
+        --iss bench --aud weir --sub bench --ttl 86400)" || die "could not mint the JWT"
+    HDR=([weir-key]="X-Api-Key: $API_KEY" [weir-jwt]="Authorization: Bearer $TOKEN")
+    WEIR_ENV=(BENCH_JWT_KEY="$RUN/auth/jwt.pub" BENCH_API_KEY="$API_KEY")
+    # fail now, with weir's own words, rather than at the readiness check
+    if ! env "${WEIR_ENV[@]}" BENCH_ORIGIN="127.0.0.1:$ORIGIN_PORT" \
+        "$WEIR" validate -c "$WEIR_CONFIG" >"$RUN/weir-validate.log" 2>&1; then
+        cat "$RUN/weir-validate.log" >&2
+        die "$WEIR rejects $WEIR_CONFIG (does this build support auth?)"
+    fi
+fi
+
 # ------------------------------------------------------------------ metadata
 versions="nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'); haproxy $("$HAPROXY" -v 2>/dev/null | head -n1 | cut -d' ' -f3); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
-if has_proxy weir; then versions="$versions; $("$WEIR" --version 2>/dev/null | head -n1 || echo "weir ?")"; fi
+if has_server weir; then versions="$versions; $("$WEIR" --version 2>/dev/null | head -n1 || echo "weir ?")"; fi
 "$PY" "$KIT" meta "$OUT/meta.json" started="$(date '+%Y-%m-%d %H:%M:%S %Z')" \
     host="$(uname -sr), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
     versions="$versions" rounds="$ROUNDS" duration="$DURATION" warmup="$WARMUP" conns="$CONNS" \
-    idle_conns="$IDLE_CONNS" modes="$MODES" proxies="$(IFS=,; echo "${PROXY_LIST[*]}")" \
+    idle_conns="$IDLE_CONNS" modes="$MODES" bodies="${BODY_LIST[*]}" auth="$AUTH" \
+    proxies="$(IFS=,; echo "${PROXY_LIST[*]}")" weir_config="$WEIR_CONFIG" \
     proxy_cpu="$PROXY_CPU" load_cpu="$LOAD_CPU" weir="$WEIR" loadavg="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "results: $OUT"
 
@@ -254,34 +351,39 @@ log "results: $OUT"
 declare -A PID_OF=()
 
 run_mode() {
-    local mode="$1" threads=2 wrkcpu=() p b r i n order
+    local mode="$1" threads=2 wrkcpu=() p s b r i n order hdr
+    declare -A SPID=()
     if [ "$mode" = pinned ]; then threads=1; wrkcpu=(taskset -c "$LOAD_CPU"); fi
-    log "== $mode: starting origin and ${PROXY_LIST[*]}"
+    log "== $mode: starting origin and ${SERVER_LIST[*]}"
     start_server origin "$mode"; PID_OF[origin]="$SRV_PID"
     ready origin || die "the origin nginx did not start (see $RUN/origin.error.log)"
-    for p in "${PROXY_LIST[@]}"; do start_server "$p" "$mode"; PID_OF[$p]="$SRV_PID"; done
+    for s in "${SERVER_LIST[@]}"; do start_server "$s" "$mode"; SPID[$s]="$SRV_PID"; done
+    for p in "${PROXY_LIST[@]}"; do PID_OF[$p]="${SPID[$(server_of "$p")]}"; done
     for p in "${PROXY_LIST[@]}"; do ready "$p" || die "$p did not answer correctly"; done
+    if [ "$AUTH" = 1 ] && has_server weir; then auth_enforced || die "weir does not enforce auth"; fi
 
     n="${#PROXY_LIST[@]}"
-    for b in small large; do
+    for b in "${BODY_LIST[@]}"; do
         for p in "${PROXY_LIST[@]}"; do   # warm-up: upstream pools, caches, allocator
+            hdr=(); [ -z "${HDR[$p]:-}" ] || hdr=(-H "${HDR[$p]}")
             timeout $((WARMUP + 10)) "${wrkcpu[@]}" wrk -t"$threads" -c"$CONNS" -d"${WARMUP}s" \
-                "http://127.0.0.1:${PORT[$p]}/$b" >/dev/null 2>&1
+                "${hdr[@]}" "$(url "$p" "$b")" >/dev/null 2>&1
         done
         for ((r = 0; r < ROUNDS; r++)); do
             order=()
             for ((i = 0; i < n; i++)); do order+=("${PROXY_LIST[$(((r + i) % n))]}"); done
             log "$mode /$b round $((r + 1))/$ROUNDS: ${order[*]}"
             for p in "${order[@]}"; do
+                hdr=(); [ -z "${HDR[$p]:-}" ] || hdr=(-H "${HDR[$p]}")
                 "$PY" "$KIT" run --out "$OUT/runs.jsonl" --timeout $((DURATION + 15)) \
                     --proxy-pid "${PID_OF[$p]}" --origin-pid "${PID_OF[origin]}" \
                     --label "{\"mode\":\"$mode\",\"body\":\"$b\",\"round\":$((r + 1)),\"proxy\":\"$p\"}" -- \
                     "${wrkcpu[@]}" wrk -t"$threads" -c"$CONNS" -d"${DURATION}s" -s "$HERE/wrk-report.lua" \
-                    "http://127.0.0.1:${PORT[$p]}/$b" || log "WARNING: no result for $p /$b round $((r + 1))"
+                    "${hdr[@]}" "$(url "$p" "$b")" || log "WARNING: no result for $p /$b round $((r + 1))"
             done
         done
     done
-    for p in "${PROXY_LIST[@]}" origin; do stop "${PID_OF[$p]}"; done
+    for s in "${SERVER_LIST[@]}" origin; do stop "${SPID[$s]:-${PID_OF[$s]}}"; done
 }
 
 # ------------------------------------------------------------------ memory (1-worker config)

@@ -2,18 +2,22 @@
 """Measurement helpers for bench/bench.sh. Python 3 standard library only.
 
   pids ROOT                       PIDs of ROOT and all its descendants
-  ready --port P --path /x --length N --timeout S
-                                  wait until GET /x answers 200 with an N-byte body
+  ready --port P --path /x --length N --timeout S [--header 'Name: value'] [--status 200]
+                                  wait until GET /x answers 200 with an N-byte body (or
+                                  the given status, any length when --length is omitted)
   run --out F --label JSON --proxy-pid P --origin-pid P --timeout S -- CMD...
                                   run one bounded wrk command, account CPU around it,
                                   append one JSON line to F
   rss ROOT                        RSS (KiB) summed over the process tree, as JSON
   hold --port P --conns N --ready-file F --max-seconds S
                                   open N keep-alive connections, one request each, keep them
+  jwt --key PRIV.pem [--verify-with PUB.pem] --iss I --aud A --sub S --ttl SECONDS
+                                  mint an RS256 JWT with openssl, print it
   meta OUT key=value...           write run metadata as JSON
   report DIR [--ref nginx]        write DIR/summary.md from DIR/*.jsonl and print it
 """
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -24,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -100,22 +105,49 @@ def cmd_pids(a):
 
 def cmd_ready(a):
     deadline = time.monotonic() + a.timeout
+    headers = dict(h.split(":", 1) for h in a.header)
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    want = f"{a.status}" + ("" if a.length is None else f" with {a.length} bytes")
     last = "no answer"
     while time.monotonic() < deadline:
         try:
             c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=2)
-            c.request("GET", a.path)
+            c.request("GET", a.path, headers=headers)
             r = c.getresponse()
             body = r.read()
             c.close()
-            if r.status == 200 and len(body) == a.length:
+            if r.status == a.status and (a.length is None or len(body) == a.length):
                 return 0
             last = f"status {r.status}, {len(body)} bytes"
         except (OSError, http.client.HTTPException) as e:
             last = str(e) or type(e).__name__
         time.sleep(0.2)
-    print(f"127.0.0.1:{a.port}{a.path}: {last} (want 200 with {a.length} bytes)", file=sys.stderr)
+    sent = "".join(f" with header {k}" for k in headers)
+    print(f"127.0.0.1:{a.port}{a.path}{sent}: {last} (want {want})", file=sys.stderr)
     return 1
+
+
+def _b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def cmd_jwt(a):
+    """RS256 = RSASSA-PKCS1-v1_5 with SHA-256, which is what `openssl dgst -sha256 -sign` makes"""
+    now = int(time.time())
+    head = {"alg": "RS256", "typ": "JWT"}
+    claims = {"iss": a.iss, "aud": a.aud, "sub": a.sub, "iat": now, "exp": now + a.ttl}
+    enc = lambda o: _b64url(json.dumps(o, separators=(",", ":")).encode())  # noqa: E731
+    signing_input = f"{enc(head)}.{enc(claims)}".encode()
+    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", a.key], input=signing_input,
+                         capture_output=True, check=True).stdout
+    if a.verify_with:  # a broken token must fail here, not look like a weir bug later
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(sig)
+            f.flush()
+            subprocess.run(["openssl", "dgst", "-sha256", "-verify", a.verify_with, "-signature", f.name],
+                           input=signing_input, capture_output=True, check=True)
+    print(f"{signing_input.decode()}.{_b64url(sig)}")
+    return 0
 
 
 WRK_LINE = re.compile(r"^BENCH (.*)$", re.M)
@@ -275,6 +307,53 @@ def _ratio(v, ref):
     return "–" if v is None or not ref else f"{v / ref:.2f}"
 
 
+def _paired(rows, base_rows, key):
+    """median over rounds of rows[key] / base_rows[key] within the same round"""
+    base = {r.get("round"): r.get(key) for r in base_rows}
+    vals = [r[key] / base[r.get("round")] for r in rows
+            if r.get(key) and base.get(r.get("round"))]
+    return statistics.median(vals) if vals else None
+
+
+AUTH_BASE = "weir"
+
+
+def _auth_table(cells, ref, rank):
+    """weir-<variant> rows (bench.sh --auth) against the no-auth weir route in the same process"""
+    keys = [k for k in cells if AUTH_BASE in cells[k] and any(p.startswith(AUTH_BASE + "-") for p in cells[k])]
+    if not keys:
+        return []
+    out = ["## Authentication cost (weir)", "",
+           "`weir` = the route without auth; `weir-key` = the same route with an API key "
+           "(`X-Api-Key`); `weir-jwt` = the same route with an RS256 JWT (`Authorization: Bearer`). "
+           "One weir process serves all three, and the routes differ only in `auth`. "
+           "`x weir` = this variant's median / weir's median; `paired` = median over rounds of the "
+           "ratio within the same round (less sensitive to drift). `+µs/req` = extra proxy CPU per "
+           "request over weir's. `x nginx` compares with nginx without auth. Aim: req/s x weir ≥ 0.90.", "",
+           "| mode | body | variant | req/s | x weir | x weir paired | x nginx | proxy CPU µs/req | x weir "
+           "| +µs/req | x nginx | p99 ms | x weir | errors |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, body in sorted(keys, key=lambda k: (k[0] != "pinned", k[1] != "small")):
+        per = cells[(mode, body)]
+        med = {p: {k: _med(rows, k) for k in ("rps", "p99_us", "proxy_cpu_us_per_req")} for p, rows in per.items()}
+        base, rm = med[AUTH_BASE], med.get(ref, {})
+        variants = [AUTH_BASE] + sorted((p for p in per if p.startswith(AUTH_BASE + "-")), key=rank)
+        for p in variants:
+            m, rows = med[p], per[p]
+            cpu, bcpu = m["proxy_cpu_us_per_req"], base["proxy_cpu_us_per_req"]
+            extra = "–" if cpu is None or bcpu is None else f"{cpu - bcpu:+.1f}"
+            paired = "1.00" if p == AUTH_BASE else _num(_paired(rows, per[AUTH_BASE], "rps"), 2)
+            errors = sum(r.get("errors", 0) for r in rows)
+            out.append(
+                f"| {mode} | {body} | {p} | {_num(m['rps'])} | {_ratio(m['rps'], base['rps'])} | {paired} "
+                f"| {_ratio(m['rps'], rm.get('rps'))} "
+                f"| {_num(cpu, 1)} | {_ratio(cpu, bcpu)} | {extra} | {_ratio(cpu, rm.get('proxy_cpu_us_per_req'))} "
+                f"| {_num(None if m['p99_us'] is None else m['p99_us'] / 1000, 2)} "
+                f"| {_ratio(m['p99_us'], base['p99_us'])} | {errors} |")
+    out.append("")
+    return out
+
+
 def cmd_report(a):
     meta = {}
     if os.path.exists(os.path.join(a.dir, "meta.json")):
@@ -327,6 +406,7 @@ def cmd_report(a):
                     f"| {_num(_med(rows, load_cpu)) if mode == 'pinned' else 'n/a'} "
                     f"| {_other(_med(rows, 'other_pct'))} | {err} |")
         out.append("")
+        out += _auth_table(cells, ref, rank)
     if mem:
         n = mem[0].get("target")
         out += ["## Memory (1 worker; RSS summed over the proxy's process tree)", "",
@@ -358,9 +438,19 @@ def main():
     p = sub.add_parser("ready")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", required=True)
-    p.add_argument("--length", type=int, required=True)
+    p.add_argument("--length", type=int)
+    p.add_argument("--status", type=int, default=200)
+    p.add_argument("--header", action="append", default=[], help="'Name: value', repeatable")
     p.add_argument("--timeout", type=float, default=30)
     p.set_defaults(fn=cmd_ready)
+    p = sub.add_parser("jwt")
+    p.add_argument("--key", required=True, help="RSA private key (PEM)")
+    p.add_argument("--verify-with", help="RSA public key (PEM): check the signature before printing")
+    p.add_argument("--iss", required=True)
+    p.add_argument("--aud", required=True)
+    p.add_argument("--sub", required=True)
+    p.add_argument("--ttl", type=int, default=86400, help="seconds until exp")
+    p.set_defaults(fn=cmd_jwt)
     p = sub.add_parser("run")
     p.add_argument("--out", required=True)
     p.add_argument("--label", required=True)

@@ -1,6 +1,9 @@
 //! Errors as values: every phase returns one, and the `weir` crate renders it once.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::HeaderValue;
 
 use weir_domain::ErrorKind;
 use weir_domain::route::MethodSet;
@@ -13,6 +16,8 @@ pub struct GatewayError {
     pub detail: Cow<'static, str>,
     /// For 405: the methods to list in `Allow`.
     pub allow: Option<MethodSet>,
+    /// For 401: the `WWW-Authenticate` challenges, one per accepted scheme.
+    pub challenges: Option<Arc<[HeaderValue]>>,
 }
 
 impl GatewayError {
@@ -22,6 +27,7 @@ impl GatewayError {
             kind,
             detail: detail.into(),
             allow: None,
+            challenges: None,
         }
     }
 
@@ -31,6 +37,7 @@ impl GatewayError {
             kind: ErrorKind::MethodNotAllowed,
             detail: Cow::Borrowed("the route does not accept this method"),
             allow: Some(allow),
+            challenges: None,
         }
     }
 }

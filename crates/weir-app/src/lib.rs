@@ -7,6 +7,7 @@
 //! errors as values ([`GatewayError`]) for the single mapper in the `weir` crate to render.
 //! Depends on the domain and on `http` types only; never on an adapter.
 
+pub mod access;
 pub mod body;
 pub mod error;
 pub mod forward;
@@ -14,6 +15,7 @@ pub mod headers;
 pub mod pipeline;
 pub mod request_id;
 
+pub use access::Authenticator;
 pub use error::GatewayError;
 pub use forward::{ForwardError, Forwarder};
 pub use pipeline::{Exchange, Gateway, Outcome};

@@ -9,6 +9,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use weir_domain::ErrorKind;
+use weir_domain::auth::{AuthFailure, Principal, Provider};
 use weir_domain::balance::hash_key;
 use weir_domain::health::{self, Transition};
 use weir_domain::net::Cidr;
@@ -17,6 +18,7 @@ use weir_domain::route::{MethodSet, Route, RouteAction};
 use weir_domain::router::{Lookup, RequestHead, RouteTable};
 use weir_domain::upstream::{HashKey, InFlight, Protocol, Target, Upstream};
 
+use crate::access::{self, Authenticator, RouteAccess};
 use crate::body::LimitedBody;
 use crate::error::GatewayError;
 use crate::forward::{ForwardError, Forwarder};
@@ -60,6 +62,13 @@ pub struct Exchange {
     pub target: Option<Arc<Target>>,
     /// The target's index in its upstream, for per-target metrics.
     pub target_index: Option<usize>,
+    /// The identity the request proved, on routes with `auth`.
+    pub principal: Option<Principal>,
+    /// Why access was refused, for `weir_auth_failures_total`.
+    pub auth_failure: Option<AuthFailure>,
+    /// The request's `Origin` when the route's CORS policy allows it: the response gets
+    /// CORS headers, whatever it is.
+    pub cors_origin: Option<HeaderValue>,
 }
 
 impl Exchange {
@@ -72,6 +81,9 @@ impl Exchange {
             upstream: None,
             target: None,
             target_index: None,
+            principal: None,
+            auth_failure: None,
+            cors_origin: None,
         }
     }
 }
@@ -84,11 +96,28 @@ pub enum Outcome<R> {
     Proxied(Response<R>, InFlight),
     /// The matched route answers with its `respond:` (index into the route table).
     Respond(usize),
+    /// A CORS preflight the route's policy answers: `204` with these headers.
+    Preflight(http::HeaderMap),
+}
+
+/// What a [`Gateway`] is assembled from.
+#[derive(Debug)]
+pub struct Parts<F, A> {
+    pub routes: RouteTable,
+    pub upstreams: Vec<Upstream>,
+    /// One forwarder per upstream (same index).
+    pub forwarders: Vec<F>,
+    /// The identity providers, indexed by `ProviderId`, and their verifier.
+    pub providers: Vec<Provider>,
+    pub authenticator: A,
+    pub trusted_proxies: Vec<Cidr>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
 }
 
 /// One config generation's request pipeline: routes, upstreams and their forwarders.
 #[derive(Debug)]
-pub struct Gateway<F> {
+pub struct Gateway<F, A> {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
     /// One forwarder per upstream (same index), each with its own connection pool.
@@ -98,19 +127,31 @@ pub struct Gateway<F> {
     pub trusted_proxies: Vec<Cidr>,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    pub providers: Vec<Provider>,
+    pub authenticator: A,
+    /// Per route (same index), its access answers prebuilt.
+    access: Vec<RouteAccess>,
 }
 
-impl<F> Gateway<F> {
+impl<F, A> Gateway<F, A> {
     /// Assembles a pipeline. Target authorities were validated by the config layer; one that
     /// still fails to parse is a bug reported here rather than per request.
-    pub fn new(
-        routes: RouteTable,
-        upstreams: Vec<Upstream>,
-        forwarders: Vec<F>,
-        trusted_proxies: Vec<Cidr>,
-        max_header_bytes: usize,
-        max_body_bytes: u64,
-    ) -> Result<Self, String> {
+    pub fn new(parts: Parts<F, A>) -> Result<Self, String> {
+        let Parts {
+            routes,
+            upstreams,
+            forwarders,
+            providers,
+            authenticator,
+            trusted_proxies,
+            max_header_bytes,
+            max_body_bytes,
+        } = parts;
+        let access = routes
+            .routes()
+            .iter()
+            .map(|r| RouteAccess::build(r, &providers))
+            .collect::<Result<Vec<_>, _>>()?;
         let authorities = upstreams
             .iter()
             .map(|u| {
@@ -131,7 +172,19 @@ impl<F> Gateway<F> {
             trusted_proxies,
             max_header_bytes,
             max_body_bytes,
+            providers,
+            authenticator,
+            access,
         })
+    }
+
+    /// Adds the route's CORS headers to a response when the request's origin was allowed.
+    pub fn apply_cors(&self, ex: &mut Exchange, headers: &mut http::HeaderMap) {
+        if let (Some(origin), Some(route)) = (ex.cors_origin.take(), ex.route)
+            && let Some(cors) = &self.access[route].cors
+        {
+            cors.decorate(origin, headers);
+        }
     }
 
     /// The route at `index` (from [`Outcome::Respond`] or [`Exchange::route`]).
@@ -159,7 +212,7 @@ impl RequestHead for Head<'_> {
     }
 }
 
-impl<F> Gateway<F> {
+impl<F, A: Authenticator> Gateway<F, A> {
     /// Takes a request from the edge to an upstream response (or a static one).
     pub async fn handle<B>(
         &self,
@@ -183,11 +236,27 @@ impl<F> Gateway<F> {
             &self.trusted_proxies,
         );
         let host = request_host(&req);
-        let head = Head {
+        let mut head = Head {
             host: host.as_deref(),
             method_bit: MethodSet::bit(req.method().as_str()).unwrap_or(0),
             headers: req.headers(),
         };
+        // A CORS preflight is routed as the request it announces; the route's policy answers
+        // it, without credentials (browsers send none) and without the upstream.
+        if let Some(asked) = access::preflight_method(req.method(), req.headers()) {
+            let announced = Head {
+                method_bit: asked,
+                ..head
+            };
+            if let Lookup::Found(f) = self.routes.lookup(&announced, &path)
+                && let Some(cors) = &self.access[f.route.index].cors
+            {
+                ex.route = Some(f.route.index);
+                self.check_ip(f.route, ex)?;
+                return cors.preflight(req.headers()).map(Outcome::Preflight);
+            }
+            head.method_bit = MethodSet::bit(req.method().as_str()).unwrap_or(0);
+        }
         let found = match self.routes.lookup(&head, &path) {
             Lookup::Found(f) => f,
             Lookup::MethodNotAllowed(allow) => return Err(GatewayError::method_not_allowed(allow)),
@@ -200,6 +269,30 @@ impl<F> Gateway<F> {
         };
         let route = found.route;
         ex.route = Some(route.index);
+        self.check_ip(route, ex)?;
+        let route_access = &self.access[route.index];
+        if let Some(cors) = &route_access.cors {
+            ex.cors_origin = cors.allowed_origin(req.headers());
+        }
+        // Authentication comes before anything that costs the upstream, `respond:` included.
+        // The provider whose credential authenticated the request, to take it out.
+        let mut credential = None;
+        if let Some(auth) = &route.access.auth {
+            let authenticated = access::authenticate(
+                auth,
+                &self.providers,
+                &self.authenticator,
+                req.headers(),
+                req.uri().query(),
+            )
+            .await
+            .map_err(|f| {
+                ex.auth_failure = Some(f);
+                access::failure_error(f, route_access.challenges.as_ref())
+            })?;
+            credential = Some(&self.providers[authenticated.provider.0].kind);
+            ex.principal = Some(authenticated.principal);
+        }
         // A declared body over the limit is refused before it is read; chunked bodies are
         // cut off while streaming by `LimitedBody`.
         let max_body = route.max_body_bytes.unwrap_or(self.max_body_bytes);
@@ -247,18 +340,44 @@ impl<F> Gateway<F> {
                 true,
             ),
         };
+        let stripped = match (
+            credential.and_then(access::credential_param),
+            req.uri().query(),
+        ) {
+            (Some(name), Some(q)) => Some(access::without_param(q, name)),
+            _ => None,
+        };
+        let query = match &stripped {
+            Some(q) => q.as_deref(),
+            None => req.uri().query(),
+        };
         *req.uri_mut() = upstream_uri(
             req.uri(),
             &upstream_path,
+            query,
             &self.authorities[upstream_id][target_index],
         )?;
-        // Hop-by-hop out, X-Forwarded-* and the request id in (after, so a client cannot
-        // name them in `Connection` to strip them).
+        // Hop-by-hop and client-claimed identity out; X-Forwarded-*, the request id and the
+        // proven identity in (after, so a client cannot name them in `Connection` to strip
+        // them).
         let upgrade = headers::is_upgrade(req.headers());
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h, upgrade);
+        access::remove_client_identity(h);
+        if let Some(kind) = credential {
+            access::remove_credential(kind, h);
+        }
         headers::set_forwarded(h, &conn.peer_value, conn.peer_trusted, host_value.as_ref());
         h.insert(&headers::X_REQUEST_ID, ex.request_id.clone());
+        if let Some(p) = &ex.principal
+            && access::set_identity(h, p).is_err()
+        {
+            ex.auth_failure = Some(AuthFailure::Invalid);
+            return Err(access::failure_error(
+                AuthFailure::Invalid,
+                self.access[route.index].challenges.as_ref(),
+            ));
+        }
         if host_missing && let Some(a) = host_value {
             h.insert(header::HOST, a);
         }
@@ -295,6 +414,17 @@ impl<F> Gateway<F> {
             Ok(Ok(r)) => r,
         };
         Ok(Outcome::Proxied(response, in_flight))
+    }
+
+    /// The route's `ip` lists, against the client address (trusted proxies looked through).
+    fn check_ip(&self, route: &Route, ex: &mut Exchange) -> Result<(), GatewayError> {
+        match &route.access.ip {
+            Some(policy) if !policy.permits(ex.client_ip) => {
+                ex.auth_failure = Some(AuthFailure::IpDenied);
+                Err(access::failure_error(AuthFailure::IpDenied, None))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -403,11 +533,16 @@ fn key_hash<B>(key: &HashKey, req: &Request<B>, path: &str, ip: IpAddr) -> u64 {
     }
 }
 
-/// `http://target` + the path (reusing the original bytes when the path is unchanged) + query.
-fn upstream_uri(original: &Uri, path: &str, authority: &Authority) -> Result<Uri, GatewayError> {
-    let path_and_query = match (original.path_and_query(), original.query()) {
-        (Some(pq), _) if pq.path() == path => pq.clone(),
-        (_, query) => {
+/// `http://target` + the path + the query, reusing the original bytes when neither changed.
+fn upstream_uri(
+    original: &Uri,
+    path: &str,
+    query: Option<&str>,
+    authority: &Authority,
+) -> Result<Uri, GatewayError> {
+    let path_and_query = match original.path_and_query() {
+        Some(pq) if pq.path() == path && pq.query() == query => pq.clone(),
+        _ => {
             let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
             s.push_str(path);
             if let Some(q) = query {
@@ -445,9 +580,13 @@ mod tests {
     #[test]
     fn uri_keeps_query_and_reuses_bytes() {
         let a = Authority::from_static("10.0.0.1:80");
-        let u = upstream_uri(&"/a/b?x=1".parse().unwrap(), "/a/b", &a).unwrap();
+        let u = upstream_uri(&"/a/b?x=1".parse().unwrap(), "/a/b", Some("x=1"), &a).unwrap();
         assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b?x=1");
-        let u = upstream_uri(&"/a/./b?x=1".parse().unwrap(), "/a/b", &a).unwrap();
+        let u = upstream_uri(&"/a/./b?x=1".parse().unwrap(), "/a/b", Some("x=1"), &a).unwrap();
         assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b?x=1");
+        let u = upstream_uri(&"/a/b?x=1&k=2".parse().unwrap(), "/a/b", Some("x=1"), &a).unwrap();
+        assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b?x=1");
+        let u = upstream_uri(&"/a/b?k=2".parse().unwrap(), "/a/b", None, &a).unwrap();
+        assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b");
     }
 }

@@ -17,12 +17,15 @@ use weir_domain::net::Cidr;
 use weir_domain::router::RouteTable;
 use weir_domain::upstream::Upstream;
 
+mod access;
+mod auth;
 mod checks;
 mod de;
 mod interpolate;
 mod model;
 mod node;
 mod overrides;
+mod pem;
 mod redact;
 mod report;
 mod routes;
@@ -226,11 +229,13 @@ pub struct AccessLogSettings {
     pub target: AccessLogTarget,
 }
 
-/// Loads, validates and builds a configuration file.
+/// Loads, validates and builds a configuration file. Relative paths in it (a JWT provider's
+/// `public_key_file`) are relative to the file's directory.
 pub fn load_file(path: &Path, env: &dyn Env, overrides: &Overrides) -> Result<Loaded, Problems> {
     let name = path.display().to_string();
+    let dir = path.parent().unwrap_or_else(|| Path::new(""));
     match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&name, &text, env, overrides),
+        Ok(text) => load_str_in(&name, &text, dir, env, overrides),
         Err(e) => Err(Problems(vec![Problem {
             file: name,
             line: 0,
@@ -242,9 +247,22 @@ pub fn load_file(path: &Path, env: &dyn Env, overrides: &Overrides) -> Result<Lo
 }
 
 /// Like [`load_file`], for text already in memory; `name` is used in problem locations.
+/// Relative paths in it are relative to the current directory.
 pub fn load_str(
     name: &str,
     text: &str,
+    env: &dyn Env,
+    overrides: &Overrides,
+) -> Result<Loaded, Problems> {
+    load_str_in(name, text, Path::new(""), env, overrides)
+}
+
+/// Like [`load_str`], with relative paths in the file taken from `dir` (`""` is the current
+/// directory).
+pub fn load_str_in(
+    name: &str,
+    text: &str,
+    dir: &Path,
     env: &dyn Env,
     overrides: &Overrides,
 ) -> Result<Loaded, Problems> {
@@ -272,16 +290,21 @@ pub fn load_str(
     let mut report = Report::new(&root, typing.into_inner());
     let settings = settings::build(&cfg, &mut report);
     let upstreams = upstreams::build(&cfg.upstreams, &mut report);
+    let providers = auth::providers(&cfg.auth, dir, &mut report);
+    let consumers = auth::consumers(&cfg.consumers, &mut report);
     let names: Vec<&str> = cfg.upstreams.iter().map(|(n, _)| n.as_str()).collect();
-    let routes = routes::build(&cfg.routes, &names, &mut report);
+    let provider_names: Vec<&str> = cfg.auth.providers.iter().map(|(n, _)| n.as_str()).collect();
+    let routes = routes::build(&cfg.routes, &names, &provider_names, &mut report);
 
     if !report.is_clean() {
         return Err(problems(name, &root, report.issues, &unset));
     }
-    let (Some(settings), Some(routes), Some(upstreams)) = (
+    let (Some(settings), Some(routes), Some(upstreams), Some(providers), Some(consumers)) = (
         settings,
         routes,
         upstreams.into_iter().collect::<Option<Vec<_>>>(),
+        providers.into_iter().collect::<Option<Vec<_>>>(),
+        consumers,
     ) else {
         // Every `None` above comes with a reported issue; this is a guard, not a path.
         return Err(Problems(vec![Problem {
@@ -292,14 +315,20 @@ pub fn load_str(
             message: "the configuration could not be built".to_owned(),
         }]));
     };
+    let auth = AuthSettings {
+        providers,
+        consumers,
+    };
     let mut effective = serde_json::to_value(&cfg).unwrap_or(serde_json::Value::Null);
-    let version = redact::version(&effective.to_string());
+    auth::fill_effective(&mut effective, &auth);
+    // A key file's content is part of what runs: rotating a key is a new version.
+    let version = redact::version(&(effective.to_string() + &auth::key_material(&auth)));
     redact::redact(&mut effective);
     Ok(Loaded {
         settings,
         routes,
         upstreams,
-        auth: AuthSettings::default(),
+        auth,
         effective,
         version,
     })

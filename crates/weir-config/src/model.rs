@@ -37,6 +37,10 @@ pub(crate) struct FileConfig {
     /// Named groups of targets, in file order (their order is their id).
     #[serde(serialize_with = "serialize_pairs")]
     pub(crate) upstreams: Vec<(String, Option<UpstreamConfig>)>,
+    /// Identity providers, by name in file order (their order is their id).
+    pub(crate) auth: AuthConfig,
+    /// Identities for `api_key` and `basic` providers. `None` items did not type.
+    pub(crate) consumers: Vec<Option<ConsumerConfig>>,
     /// Routes, in file order (the last tie-breaker of route precedence).
     pub(crate) routes: Vec<Option<RouteConfig>>,
 }
@@ -53,13 +57,15 @@ impl Default for FileConfig {
             workers: 0,
             shutdown_grace: Dur::default_of("30s"),
             upstreams: Vec::new(),
+            auth: AuthConfig::default(),
+            consumers: Vec::new(),
             routes: Vec::new(),
         }
     }
 }
 
-/// The top-level keys, in the order of the contract. `redis`, `etcd`, `consul`, `auth` and
-/// `consumers` are recognised but not supported yet.
+/// The top-level keys, in the order of the contract. `redis`, `etcd` and `consul` are
+/// recognised but not supported yet.
 pub(crate) const TOP_LEVEL: &[&str] = &[
     "listeners",
     "limits",
@@ -79,7 +85,7 @@ pub(crate) const TOP_LEVEL: &[&str] = &[
 ];
 
 /// Top-level sections recognised but not supported yet.
-pub(crate) const UNSUPPORTED_TOP_LEVEL: &[&str] = &["redis", "etcd", "consul", "auth", "consumers"];
+pub(crate) const UNSUPPORTED_TOP_LEVEL: &[&str] = &["redis", "etcd", "consul"];
 
 const fn yes() -> bool {
     true
@@ -328,6 +334,236 @@ impl Default for ActiveCheckConfig {
     }
 }
 
+/// The `auth` section.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct AuthConfig {
+    /// Identity providers by name, in file order. `None` items did not type.
+    #[serde(serialize_with = "serialize_pairs")]
+    pub(crate) providers: Vec<(String, Option<ProviderConfig>)>,
+}
+
+/// The provider types, in the order messages list them.
+pub(crate) const PROVIDER_TYPES: [&str; 4] = ["api_key", "basic", "jwt", "oauth2"];
+
+pub(crate) const DEFAULT_API_KEY_HEADER: &str = "X-Api-Key";
+pub(crate) const DEFAULT_REALM: &str = "weir";
+pub(crate) const DEFAULT_JWKS_REFRESH: &str = "5m";
+pub(crate) const DEFAULT_LEEWAY: &str = "60s";
+pub(crate) const DEFAULT_IDP_TIMEOUT: &str = "5s";
+pub(crate) const DEFAULT_CACHE_TTL: &str = "60s";
+pub(crate) const DEFAULT_NEGATIVE_TTL: &str = "10s";
+
+/// One identity provider. Every type's keys are in one flat struct so that a key of another
+/// type can be named as such ("`realm` applies to type basic, not jwt") rather than as an
+/// unknown key; validation checks which keys fit `type`.
+///
+/// `GET /config` shows only the keys of the provider's type, with defaults filled in.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderConfig {
+    /// `api_key`, `basic`, `jwt` or `oauth2`. Required.
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    /// api_key: the header holding the key.
+    #[serde(default)]
+    pub(crate) header: Option<String>,
+    /// api_key: the query parameter holding the key.
+    #[serde(default)]
+    pub(crate) query: Option<String>,
+    /// basic: the realm named in `WWW-Authenticate`.
+    #[serde(default)]
+    pub(crate) realm: Option<String>,
+    /// jwt: an HMAC secret (HS256, HS384, HS512).
+    #[serde(default)]
+    pub(crate) secret: Option<String>,
+    /// jwt: a PEM public key file.
+    #[serde(default)]
+    pub(crate) public_key_file: Option<String>,
+    /// jwt: an `http://` JWKS URL.
+    #[serde(default)]
+    pub(crate) jwks_url: Option<String>,
+    /// jwt: how often the JWKS is fetched again.
+    #[serde(default)]
+    pub(crate) jwks_refresh: Option<Dur>,
+    /// jwt: accepted `alg` values.
+    #[serde(default)]
+    pub(crate) algorithms: Option<Vec<String>>,
+    /// jwt: required `iss`.
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
+    /// jwt: accepted `aud` values.
+    #[serde(default)]
+    pub(crate) audiences: Option<Vec<String>>,
+    /// jwt, oauth2: the claim holding the roles.
+    #[serde(default)]
+    pub(crate) roles_claim: Option<String>,
+    /// jwt: clock skew allowed on `exp` and `nbf`.
+    #[serde(default)]
+    pub(crate) leeway: Option<Dur>,
+    /// jwt, oauth2: time allowed for one call to the identity provider.
+    #[serde(default)]
+    pub(crate) timeout: Option<Dur>,
+    /// oauth2: the RFC 7662 introspection endpoint.
+    #[serde(default)]
+    pub(crate) introspection_url: Option<String>,
+    /// oauth2: weir's client id at the identity provider.
+    #[serde(default)]
+    pub(crate) client_id: Option<String>,
+    /// oauth2: weir's client secret at the identity provider.
+    #[serde(default)]
+    pub(crate) client_secret: Option<String>,
+    /// oauth2: longest reuse of an active token's answer.
+    #[serde(default)]
+    pub(crate) cache_ttl: Option<Dur>,
+    /// oauth2: reuse of an inactive token's answer.
+    #[serde(default)]
+    pub(crate) negative_ttl: Option<Dur>,
+}
+
+impl ProviderConfig {
+    /// Every key but `type`, with whether it is set and the types it applies to.
+    pub(crate) fn keys(&self) -> [(&'static str, bool, &'static [&'static str]); 18] {
+        const API_KEY: &[&str] = &["api_key"];
+        const BASIC: &[&str] = &["basic"];
+        const JWT: &[&str] = &["jwt"];
+        const OAUTH2: &[&str] = &["oauth2"];
+        const BEARER: &[&str] = &["jwt", "oauth2"];
+        [
+            ("header", self.header.is_some(), API_KEY),
+            ("query", self.query.is_some(), API_KEY),
+            ("realm", self.realm.is_some(), BASIC),
+            ("secret", self.secret.is_some(), JWT),
+            ("public_key_file", self.public_key_file.is_some(), JWT),
+            ("jwks_url", self.jwks_url.is_some(), JWT),
+            ("jwks_refresh", self.jwks_refresh.is_some(), JWT),
+            ("algorithms", self.algorithms.is_some(), JWT),
+            ("issuer", self.issuer.is_some(), JWT),
+            ("audiences", self.audiences.is_some(), JWT),
+            ("roles_claim", self.roles_claim.is_some(), BEARER),
+            ("leeway", self.leeway.is_some(), JWT),
+            ("timeout", self.timeout.is_some(), BEARER),
+            (
+                "introspection_url",
+                self.introspection_url.is_some(),
+                OAUTH2,
+            ),
+            ("client_id", self.client_id.is_some(), OAUTH2),
+            ("client_secret", self.client_secret.is_some(), OAUTH2),
+            ("cache_ttl", self.cache_ttl.is_some(), OAUTH2),
+            ("negative_ttl", self.negative_ttl.is_some(), OAUTH2),
+        ]
+    }
+
+    /// api_key's header: as written, or `X-Api-Key` when neither header nor query is.
+    pub(crate) fn api_key_header(&self) -> Option<&str> {
+        match (&self.header, &self.query) {
+            (None, None) => Some(DEFAULT_API_KEY_HEADER),
+            (header, _) => header.as_deref(),
+        }
+    }
+
+    pub(crate) fn realm(&self) -> &str {
+        self.realm.as_deref().unwrap_or(DEFAULT_REALM)
+    }
+
+    pub(crate) fn jwks_refresh(&self) -> Dur {
+        or_default(self.jwks_refresh.as_ref(), DEFAULT_JWKS_REFRESH)
+    }
+
+    pub(crate) fn leeway(&self) -> Dur {
+        or_default(self.leeway.as_ref(), DEFAULT_LEEWAY)
+    }
+
+    pub(crate) fn timeout(&self) -> Dur {
+        or_default(self.timeout.as_ref(), DEFAULT_IDP_TIMEOUT)
+    }
+
+    pub(crate) fn cache_ttl(&self) -> Dur {
+        or_default(self.cache_ttl.as_ref(), DEFAULT_CACHE_TTL)
+    }
+
+    pub(crate) fn negative_ttl(&self) -> Dur {
+        or_default(self.negative_ttl.as_ref(), DEFAULT_NEGATIVE_TTL)
+    }
+}
+
+fn or_default(d: Option<&Dur>, default: &str) -> Dur {
+    d.cloned().unwrap_or_else(|| Dur::default_of(default))
+}
+
+impl Serialize for ProviderConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", &self.kind)?;
+        match self.kind.trim() {
+            "api_key" => {
+                m.serialize_entry("header", &self.api_key_header())?;
+                m.serialize_entry("query", &self.query)?;
+            }
+            "basic" => m.serialize_entry("realm", self.realm())?,
+            "jwt" => {
+                // Only the key source in use (a valid provider has exactly one).
+                if let Some(v) = &self.secret {
+                    m.serialize_entry("secret", v)?;
+                }
+                if let Some(v) = &self.public_key_file {
+                    m.serialize_entry("public_key_file", v)?;
+                }
+                if let Some(v) = &self.jwks_url {
+                    m.serialize_entry("jwks_url", v)?;
+                    m.serialize_entry("jwks_refresh", &self.jwks_refresh())?;
+                }
+                // Filled in from the built provider when not written (it depends on the key).
+                m.serialize_entry("algorithms", &self.algorithms)?;
+                m.serialize_entry("issuer", &self.issuer)?;
+                m.serialize_entry("audiences", self.audiences.as_deref().unwrap_or_default())?;
+                m.serialize_entry("roles_claim", &self.roles_claim)?;
+                m.serialize_entry("leeway", &self.leeway())?;
+                m.serialize_entry("timeout", &self.timeout())?;
+            }
+            "oauth2" => {
+                m.serialize_entry("introspection_url", &self.introspection_url)?;
+                m.serialize_entry("client_id", &self.client_id)?;
+                m.serialize_entry("client_secret", &self.client_secret)?;
+                m.serialize_entry("cache_ttl", &self.cache_ttl())?;
+                m.serialize_entry("negative_ttl", &self.negative_ttl())?;
+                m.serialize_entry("roles_claim", &self.roles_claim)?;
+                m.serialize_entry("timeout", &self.timeout())?;
+            }
+            // Not a valid provider: the file does not load, so this is never shown.
+            _ => {}
+        }
+        m.end()
+    }
+}
+
+/// An identity for `api_key` and `basic` providers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumerConfig {
+    /// Unique name, sent upstream in `X-Consumer`. Required.
+    pub(crate) name: String,
+    /// Roles, sent upstream in `X-Consumer-Roles`.
+    #[serde(default)]
+    pub(crate) roles: Vec<String>,
+    /// Keys for `api_key` providers: the key itself, or `sha256:<64 hex digits>`.
+    #[serde(default)]
+    pub(crate) api_keys: Vec<String>,
+    /// A user name and password hash for `basic` providers.
+    #[serde(default)]
+    pub(crate) basic: Option<BasicCredentialConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BasicCredentialConfig {
+    /// Unique among consumers, without `:`. Required.
+    pub(crate) username: String,
+    /// An argon2id (`$argon2id$...`) or bcrypt (`$2b$...`) hash. Required.
+    pub(crate) password_hash: String,
+}
+
 /// A route: what it matches and where the request goes.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -356,27 +592,76 @@ pub(crate) struct RouteConfig {
     /// Changes made to the request before it is forwarded.
     #[serde(default)]
     pub(crate) transform: Option<TransformConfig>,
-    /// Authentication: not supported yet.
+    /// Who may call the route: any of `providers` authenticates, every one of `roles` must
+    /// be held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) auth: Unsupported,
+    pub(crate) auth: Option<RouteAuthConfig>,
     /// Rate limiting: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rate_limit: Unsupported,
     /// Response caching: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cache: Unsupported,
-    /// CORS: not supported yet.
+    /// Cross-origin requests from browsers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) cors: Unsupported,
-    /// IP allow and deny lists: not supported yet.
+    pub(crate) cors: Option<CorsConfig>,
+    /// Client address allow and deny lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) ip: Unsupported,
+    pub(crate) ip: Option<IpConfig>,
     /// Fallback responses: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fallback: Unsupported,
     /// REST to gRPC transcoding: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) grpc: Unsupported,
+}
+
+/// A route's `auth`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteAuthConfig {
+    /// Names of `auth.providers`; any one of them may authenticate. At least one.
+    #[serde(default)]
+    pub(crate) providers: Vec<String>,
+    /// Roles the identity must all hold (403 otherwise).
+    #[serde(default)]
+    pub(crate) roles: Vec<String>,
+}
+
+/// A route's `cors`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CorsConfig {
+    /// `scheme://host[:port]` origins, or `["*"]` for every origin. At least one.
+    #[serde(default)]
+    pub(crate) origins: Vec<String>,
+    /// Methods a preflight may ask for. Empty: the route's methods.
+    #[serde(default)]
+    pub(crate) methods: Vec<String>,
+    /// Request headers a preflight may ask for. Empty: any.
+    #[serde(default)]
+    pub(crate) headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default)]
+    pub(crate) expose_headers: Vec<String>,
+    /// Allow cookies and `Authorization` (`Access-Control-Allow-Credentials: true`).
+    #[serde(default)]
+    pub(crate) credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default)]
+    pub(crate) max_age: Option<Dur>,
+}
+
+/// A route's `ip`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IpConfig {
+    /// When not empty, only these networks may call the route.
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    /// These networks may never call the route; deny wins over allow.
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -4,8 +4,16 @@ use serde_json::Value;
 
 use crate::node::{Kind, Node};
 
-/// Keys whose values are secrets (contract §2), compared case-insensitively.
-const SECRET_KEYS: [&str; 5] = ["client_secret", "password", "key", "token", "secret"];
+/// Keys whose values are secrets (contract §2, and consumers' `password_hash`), compared
+/// case-insensitively.
+const SECRET_KEYS: [&str; 6] = [
+    "client_secret",
+    "password",
+    "password_hash",
+    "key",
+    "token",
+    "secret",
+];
 /// A list of secrets: each entry is hidden.
 const SECRET_LISTS: [&str; 1] = ["api_keys"];
 
@@ -113,7 +121,8 @@ mod tests {
         let mut v = json!({
             "admin": { "token": "abc", "listen": "x" },
             "idp": { "client_secret": "s", "Password": 5, "secret": "" },
-            "consumers": [{ "api_keys": ["k1", "k2"], "key": null }],
+            "consumers": [{ "api_keys": ["k1", "k2"], "key": null,
+                            "basic": { "username": "u", "password_hash": "$2b$..." } }],
             "hash_key": "ip"
         });
         redact(&mut v);
@@ -122,7 +131,8 @@ mod tests {
             json!({
                 "admin": { "token": "***", "listen": "x" },
                 "idp": { "client_secret": "***", "Password": "***", "secret": "" },
-                "consumers": [{ "api_keys": ["***", "***"], "key": null }],
+                "consumers": [{ "api_keys": ["***", "***"], "key": null,
+                                "basic": { "username": "u", "password_hash": "***" } }],
                 "hash_key": "ip"
             })
         );

@@ -8,6 +8,7 @@ use weir_domain::route::{
 };
 use weir_domain::router::RouteTable;
 
+use crate::access;
 use crate::checks::{duration, header_name, header_value, not_yet, regex, size, unsupported};
 use crate::model::{MatchConfig, RespondConfig, RouteConfig, TransformConfig};
 use crate::node::KeyPath;
@@ -18,6 +19,7 @@ use crate::report::{Report, closest};
 pub(crate) fn build(
     routes: &[Option<RouteConfig>],
     upstream_names: &[&str],
+    provider_names: &[&str],
     r: &mut Report<'_>,
 ) -> Option<RouteTable> {
     let list = KeyPath::root().key("routes");
@@ -44,7 +46,7 @@ pub(crate) fn build(
         } else {
             names.push((&cfg.name, i));
         }
-        match route_of(cfg, i, &path, upstream_names, r) {
+        match route_of(cfg, i, &path, upstream_names, provider_names, r) {
             Some(route) if ok => {
                 built.push(route);
                 positions.push(i);
@@ -90,15 +92,13 @@ fn route_of(
     index: usize,
     path: &KeyPath,
     upstream_names: &[&str],
+    provider_names: &[&str],
     r: &mut Report<'_>,
 ) -> Option<Route> {
     let before = r.issues.len();
     for (key, value) in [
-        ("auth", &cfg.auth),
         ("rate_limit", &cfg.rate_limit),
         ("cache", &cfg.cache),
-        ("cors", &cfg.cors),
-        ("ip", &cfg.ip),
         ("fallback", &cfg.fallback),
         ("grpc", &cfg.grpc),
     ] {
@@ -118,6 +118,7 @@ fn route_of(
         Some(t) => transform(t, &path.key("transform"), r),
         None => Some(PathTransform::default()),
     };
+    let access = access::build(cfg, path, provider_names, r);
     if r.issues.len() != before {
         return None;
     }
@@ -130,7 +131,7 @@ fn route_of(
         timeout: timeout?,
         max_body_bytes: max_body_bytes?,
         path_transform: path_transform?,
-        access: weir_domain::route::Access::default(),
+        access: access?,
     })
 }
 
@@ -163,28 +164,7 @@ fn matcher(m: &MatchConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<RouteM
             None
         }
     };
-    let mut methods = Vec::with_capacity(m.methods.len());
-    for (j, name) in m.methods.iter().enumerate() {
-        let at = path.key("methods").index(j);
-        let upper = name.trim().to_ascii_uppercase();
-        if MethodSet::bit(&upper).is_none() {
-            r.at(
-                &at,
-                format!(
-                    "unknown method \"{name}\" (one of {})",
-                    MethodSet::NAMES.join(", ")
-                ),
-            );
-        } else if upper != name.trim() {
-            r.at(
-                &at,
-                format!("methods are written in upper case: \"{upper}\""),
-            );
-        } else {
-            methods.push(upper);
-        }
-    }
-    let methods = MethodSet::from_names(methods.iter().map(String::as_str)).ok();
+    let methods = methods(&m.methods, &path.key("methods"), r);
     let mut headers = Vec::with_capacity(m.headers.0.len());
     for (name, value) in &m.headers.0 {
         let at = path.key("headers").key(name);
@@ -206,6 +186,36 @@ fn matcher(m: &MatchConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<RouteM
         methods: methods?,
         headers,
     })
+}
+
+/// Upper-case method names; `None` when one is wrong (reported at it).
+pub(crate) fn methods(names: &[String], path: &KeyPath, r: &mut Report<'_>) -> Option<MethodSet> {
+    let mut ok = Vec::with_capacity(names.len());
+    let before = r.issues.len();
+    for (j, name) in names.iter().enumerate() {
+        let at = path.index(j);
+        let upper = name.trim().to_ascii_uppercase();
+        if MethodSet::bit(&upper).is_none() {
+            r.at(
+                &at,
+                format!(
+                    "unknown method \"{name}\" (one of {})",
+                    MethodSet::NAMES.join(", ")
+                ),
+            );
+        } else if upper != name.trim() {
+            r.at(
+                &at,
+                format!("methods are written in upper case: \"{upper}\""),
+            );
+        } else {
+            ok.push(upper);
+        }
+    }
+    if r.issues.len() != before {
+        return None;
+    }
+    MethodSet::from_names(ok.iter().map(String::as_str)).ok()
 }
 
 /// `api.example.com` or `*.example.com`: a name, without scheme, port or path.

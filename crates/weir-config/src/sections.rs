@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use serde::de::DeserializeOwned;
 
 use crate::de::{from_node, unknown_key};
-use crate::model::{FileConfig, ListenerConfig, TOP_LEVEL, UNSUPPORTED_TOP_LEVEL};
+use crate::model::{AuthConfig, FileConfig, ListenerConfig, TOP_LEVEL, UNSUPPORTED_TOP_LEVEL};
 use crate::node::{KeyPath, Kind, Node};
 use crate::report::Issue;
 
@@ -51,7 +51,9 @@ pub(crate) fn read(root: &Node, issues: &RefCell<Vec<Issue>>) -> FileConfig {
             "observability" => set(&mut cfg.observability, node, &path, issues),
             "workers" => set(&mut cfg.workers, node, &path, issues),
             "shutdown_grace" => set(&mut cfg.shutdown_grace, node, &path, issues),
-            "upstreams" => cfg.upstreams = named(node, &path, issues),
+            "upstreams" => cfg.upstreams = named(node, &path, "upstreams", issues),
+            "auth" => cfg.auth = auth(node, &path, issues),
+            "consumers" => cfg.consumers = list(node, &path, issues),
             "routes" => cfg.routes = list(node, &path, issues),
             _ if UNSUPPORTED_TOP_LEVEL.contains(&key) => push(
                 issues,
@@ -127,10 +129,46 @@ fn list<T: DeserializeOwned>(
     }
 }
 
+/// The `auth` section: its one key, `providers`, is a map of named providers typed one by one.
+fn auth(node: &Node, path: &KeyPath, issues: &RefCell<Vec<Issue>>) -> AuthConfig {
+    const KEYS: &[&str] = &["providers"];
+    let mut out = AuthConfig::default();
+    match &node.kind {
+        Kind::Map(entries) => {
+            for e in entries {
+                let at = path.key(&e.key);
+                if e.key == "providers" {
+                    out.providers = named(&e.value, &at, "providers", issues);
+                } else {
+                    push(
+                        issues,
+                        Issue {
+                            origin: e.key_origin.clone(),
+                            path: at,
+                            message: unknown_key(&e.key, KEYS),
+                        },
+                    );
+                }
+            }
+        }
+        Kind::Null => {}
+        other => push(
+            issues,
+            Issue {
+                origin: node.origin.clone(),
+                path: path.clone(),
+                message: format!("expected a map, found {}", other.describe()),
+            },
+        ),
+    }
+    out
+}
+
 /// Types each value of a map of named items on its own, keeping names and order.
 fn named<T: DeserializeOwned>(
     node: &Node,
     path: &KeyPath,
+    what: &str,
     issues: &RefCell<Vec<Issue>>,
 ) -> Vec<(String, Option<T>)> {
     match &node.kind {
@@ -151,7 +189,7 @@ fn named<T: DeserializeOwned>(
                     origin: node.origin.clone(),
                     path: path.clone(),
                     message: format!(
-                        "expected a map of upstreams by name, found {}",
+                        "expected a map of {what} by name, found {}",
                         other.describe()
                     ),
                 },

@@ -21,6 +21,21 @@ observability:
   access_log: { enabled: true, path: stdout }
 workers: 0
 shutdown_grace: 30s
+auth:
+  providers:
+    keys: { type: api_key, header: X-Api-Key, query: api_key }
+    staff: { type: basic, realm: staff }
+    hs: { type: jwt, secret: 0123456789abcdef0123456789abcdef, algorithms: [HS256], issuer: i,
+          audiences: [a], roles_claim: roles, leeway: 30s, timeout: 2s }
+    pk: { type: jwt, public_key_file: tests/keys/ed25519.pub.pem }
+    jwks: { type: jwt, jwks_url: 'http://idp/jwks.json', jwks_refresh: 1m }
+    idp: { type: oauth2, introspection_url: 'http://idp/introspect', client_id: weir,
+           client_secret: s3cr3t-value, cache_ttl: 1m, negative_ttl: 5s, roles_claim: scope, timeout: 1s }
+consumers:
+  - name: acme
+    roles: [orders:read]
+    api_keys: [k-123456]
+    basic: { username: acme, password_hash: '$2b$10$vB3H0y0jKXQc1mnslFBcT.2F81LqvgpWKoCasUPbE4/R73nxG/0xC' }
 upstreams:
   users:
     targets: [{ url: 'http://10.0.0.1:9000', weight: 1 }]
@@ -37,6 +52,10 @@ routes:
     timeout: 1s
     max_body_bytes: 1KiB
     priority: 1
+    auth: { providers: [keys], roles: [orders:read] }
+    ip: { allow: [10.0.0.0/8], deny: [10.0.0.1] }
+    cors: { origins: ['https://app.example.com'], methods: [GET], headers: [Authorization],
+            expose_headers: [X-Request-Id], credentials: true, max_age: 10m }
     transform:
       request:
         path: { strip_prefix: /a, add_prefix: /b, rewrite: { regex: x, to: y } }
@@ -56,19 +75,14 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "redis",
     "etcd",
     "consul",
-    "auth",
-    "consumers",
     "upstreams.<name>.discovery",
     "upstreams.<name>.tls",
     "upstreams.<name>.health_check.passive",
     "upstreams.<name>.circuit_breaker",
     "upstreams.<name>.retry",
     "upstreams.<name>.rate_limit",
-    "routes[].auth",
     "routes[].rate_limit",
     "routes[].cache",
-    "routes[].cors",
-    "routes[].ip",
     "routes[].fallback",
     "routes[].grpc",
     "routes[].transform.request.headers",
@@ -77,20 +91,24 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "routes[].transform.response",
 ];
 
+/// Maps whose keys are names the user chose.
+const NAMED: [&str; 2] = ["upstreams", "auth.providers"];
+
 /// Every key path of `value`, written as the docs write them: `routes[].match.host`,
 /// `upstreams.<name>.targets[].url`. User-named maps (header maps) are not entered.
 fn key_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
             for (key, v) in map {
+                let named = NAMED.contains(&prefix);
                 let path = if prefix.is_empty() {
                     key.clone()
-                } else if prefix == "upstreams" {
-                    "upstreams.<name>".to_owned()
+                } else if named {
+                    format!("{prefix}.<name>")
                 } else {
                     format!("{prefix}.{key}")
                 };
-                if prefix != "upstreams" {
+                if !named {
                     out.push(path.clone());
                 }
                 if key != "headers" {

@@ -172,3 +172,67 @@ fn the_root_config_routes_as_its_comments_say() {
     );
     assert!(l.settings.access_log.enabled);
 }
+
+#[test]
+fn auth_example_builds_what_its_comments_say() {
+    use weir_domain::auth::{Algorithm, ApiKey, JwtKey, KeyFamily, ProviderKind};
+
+    let l = example("auth.yaml");
+    let names: Vec<_> = l.auth.providers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["keys", "staff", "apps", "partners", "corp", "idp"]);
+    let kinds: Vec<_> = l.auth.providers.iter().map(|p| p.kind.scheme()).collect();
+    assert_eq!(
+        kinds,
+        ["ApiKey", "Basic", "Bearer", "Bearer", "Bearer", "Bearer"]
+    );
+    // The public key file is found next to the example, and picks EdDSA.
+    let ProviderKind::Jwt(partners) = &l.auth.providers[3].kind else {
+        panic!("partners is jwt")
+    };
+    assert!(matches!(
+        partners.key,
+        JwtKey::PublicKey {
+            family: KeyFamily::Ed,
+            ..
+        }
+    ));
+    assert_eq!(partners.algorithms, [Algorithm::EdDSA]);
+    // The documented demo credentials are the configured ones.
+    let acme = &l.auth.consumers[0];
+    assert!(
+        matches!(&acme.api_keys[0], ApiKey::Plain(k) if k.expose() == "demo-key-acme-0123456789")
+    );
+    let ApiKey::Sha256(digest) = l.auth.consumers[1].api_keys[0] else {
+        panic!("reporting's key is hashed")
+    };
+    assert_eq!(digest[..2], [0xb9, 0xde]);
+    let ops = l.auth.consumers[2].basic.as_ref().unwrap();
+    assert_eq!(ops.username, "ops");
+    assert!(ops.password_hash.expose().starts_with("$argon2id$"));
+
+    let by_name = |n: &str| l.routes.routes().iter().find(|r| r.name == n).unwrap();
+    let read = by_name("orders-read");
+    assert_eq!(read.access.auth.as_ref().unwrap().providers.len(), 4);
+    assert!(read.access.cors.as_ref().unwrap().credentials);
+    let admin = by_name("admin");
+    let ip = admin.access.ip.as_ref().unwrap();
+    assert!(ip.permits("10.1.2.3".parse().unwrap()));
+    assert!(!ip.permits("10.0.99.7".parse().unwrap()));
+    assert!(!ip.permits("192.0.2.1".parse().unwrap()));
+    assert!(by_name("status").access.cors.as_ref().unwrap().any_origin);
+    assert!(
+        by_name("partners")
+            .access
+            .auth
+            .as_ref()
+            .unwrap()
+            .roles
+            .is_empty()
+    );
+    // No secret of the example shows in the effective config.
+    let text = l.effective.to_string();
+    assert!(
+        !text.contains("demo-key-acme") && !text.contains("demo-jwt-secret"),
+        "{text}"
+    );
+}

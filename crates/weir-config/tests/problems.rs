@@ -357,8 +357,6 @@ observability:
 redis: { url: 'redis://127.0.0.1' }
 etcd: {}
 consul: {}
-auth: { providers: {} }
-consumers: []
 upstreams:
   users:
     discovery: { dns: { name: users.internal } }
@@ -371,11 +369,8 @@ upstreams:
 routes:
   - name: r
     upstream: users
-    auth: {}
     rate_limit: []
     cache: {}
-    cors: {}
-    ip: {}
     fallback: {}
     grpc: {}
     transform:
@@ -390,26 +385,21 @@ routes:
         "weir.yaml:8:1: redis: `redis` is not supported yet",
         "weir.yaml:9:1: etcd: `etcd` is not supported yet",
         "weir.yaml:10:1: consul: `consul` is not supported yet",
-        "weir.yaml:11:1: auth: `auth` is not supported yet",
-        "weir.yaml:12:1: consumers: `consumers` is not supported yet",
-        "weir.yaml:15:5: upstreams.users.discovery: `discovery` is not supported yet; list `targets`",
-        "weir.yaml:16:5: upstreams.users.tls: upstream `tls` is not supported yet",
-        "weir.yaml:17:15: upstreams.users.protocol: protocol grpc is not supported yet",
-        "weir.yaml:18:21: upstreams.users.health_check.passive: passive health checks are not supported yet",
-        "weir.yaml:19:5: upstreams.users.circuit_breaker: `circuit_breaker` is not supported yet",
-        "weir.yaml:20:5: upstreams.users.retry: `retry` is not supported yet",
-        "weir.yaml:21:5: upstreams.users.rate_limit: `rate_limit` is not supported yet",
-        "weir.yaml:25:5: routes[0].auth: `auth` is not supported yet",
-        "weir.yaml:26:5: routes[0].rate_limit: `rate_limit` is not supported yet",
-        "weir.yaml:27:5: routes[0].cache: `cache` is not supported yet",
-        "weir.yaml:28:5: routes[0].cors: `cors` is not supported yet",
-        "weir.yaml:29:5: routes[0].ip: `ip` is not supported yet",
-        "weir.yaml:30:5: routes[0].fallback: `fallback` is not supported yet",
-        "weir.yaml:31:5: routes[0].grpc: `grpc` is not supported yet",
-        "weir.yaml:33:18: routes[0].transform.request.headers: request `headers` transforms are not supported yet",
-        "weir.yaml:33:31: routes[0].transform.request.query: request `query` transforms are not supported yet",
-        "weir.yaml:33:42: routes[0].transform.request.body: request `body` transforms are not supported yet",
-        "weir.yaml:34:7: routes[0].transform.response: response transforms are not supported yet",
+        "weir.yaml:13:5: upstreams.users.discovery: `discovery` is not supported yet; list `targets`",
+        "weir.yaml:14:5: upstreams.users.tls: upstream `tls` is not supported yet",
+        "weir.yaml:15:15: upstreams.users.protocol: protocol grpc is not supported yet",
+        "weir.yaml:16:21: upstreams.users.health_check.passive: passive health checks are not supported yet",
+        "weir.yaml:17:5: upstreams.users.circuit_breaker: `circuit_breaker` is not supported yet",
+        "weir.yaml:18:5: upstreams.users.retry: `retry` is not supported yet",
+        "weir.yaml:19:5: upstreams.users.rate_limit: `rate_limit` is not supported yet",
+        "weir.yaml:23:5: routes[0].rate_limit: `rate_limit` is not supported yet",
+        "weir.yaml:24:5: routes[0].cache: `cache` is not supported yet",
+        "weir.yaml:25:5: routes[0].fallback: `fallback` is not supported yet",
+        "weir.yaml:26:5: routes[0].grpc: `grpc` is not supported yet",
+        "weir.yaml:28:18: routes[0].transform.request.headers: request `headers` transforms are not supported yet",
+        "weir.yaml:28:31: routes[0].transform.request.query: request `query` transforms are not supported yet",
+        "weir.yaml:28:42: routes[0].transform.request.body: request `body` transforms are not supported yet",
+        "weir.yaml:29:7: routes[0].transform.response: response transforms are not supported yet",
     ];
     assert_eq!(p, expected);
 }

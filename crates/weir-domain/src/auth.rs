@@ -158,12 +158,9 @@ impl Algorithm {
     pub const fn family(self) -> KeyFamily {
         match self {
             Self::HS256 | Self::HS384 | Self::HS512 => KeyFamily::Hmac,
-            Self::RS256
-            | Self::RS384
-            | Self::RS512
-            | Self::PS256
-            | Self::PS384
-            | Self::PS512 => KeyFamily::Rsa,
+            Self::RS256 | Self::RS384 | Self::RS512 | Self::PS256 | Self::PS384 | Self::PS512 => {
+                KeyFamily::Rsa
+            }
             Self::ES256 | Self::ES384 => KeyFamily::Ec,
             Self::EdDSA => KeyFamily::Ed,
         }
@@ -176,7 +173,11 @@ pub enum JwtKey {
     /// An HMAC secret (HS256/384/512).
     Secret(Secret),
     /// A PEM public key (SPKI or PKCS#1 RSA), read from `public_key_file` at load time.
-    PublicKey { path: String, pem: Vec<u8>, family: KeyFamily },
+    PublicKey {
+        path: String,
+        pem: Vec<u8>,
+        family: KeyFamily,
+    },
     /// A JWKS document fetched from this `http://` URL, cached and refreshed.
     Jwks { url: String, refresh: Duration },
 }
@@ -358,15 +359,15 @@ impl AuthFailure {
         }
     }
 
-    /// Which answer wins when several providers each fail: the most telling one. A provider
-    /// that could not be asked wins over all (weir fails closed with 503), then a credential
-    /// that was present but wrong, then a missing one.
+    /// Which answer wins when several providers each fail: the most telling one. A proven
+    /// identity that lacks a role wins (403), then a provider that could not be asked (503,
+    /// weir fails closed), then a credential that was present but wrong, then a missing one.
     #[must_use]
     pub const fn weight(self) -> u8 {
         match self {
+            Self::Forbidden | Self::IpDenied => 4,
             Self::Unavailable => 3,
             Self::Missing => 0,
-            Self::Forbidden | Self::IpDenied => 1,
             _ => 2,
         }
     }

@@ -26,6 +26,8 @@ pub struct Record {
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub target: Option<Arc<str>>,
+    /// The authenticated identity (consumer name or token subject).
+    pub consumer: Option<Arc<str>>,
     pub status: u16,
     pub duration: Duration,
     pub bytes_in: u64,
@@ -124,6 +126,7 @@ pub fn format_line(out: &mut String, r: &Record) {
         ("route", &r.route),
         ("upstream", &r.upstream),
         ("target", &r.target),
+        ("consumer", &r.consumer),
     ] {
         let _ = write!(out, ",\"{key}\":");
         match value {
@@ -199,6 +202,7 @@ mod tests {
             path: "/a\"b\n".into(),
             route: Some("r".into()),
             upstream: None,
+            consumer: None,
             target: None,
             status: 200,
             duration: Duration::from_micros(1500),

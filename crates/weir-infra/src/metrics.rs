@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use weir_domain::auth::AuthFailure;
+
 /// Bucket bounds in seconds, for request and upstream durations.
 pub const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -141,6 +143,8 @@ pub fn method_index(method: &http::Method) -> u8 {
 pub struct RouteMetrics {
     pub requests: KeyedCounter,
     pub duration: Histogram,
+    /// `weir_auth_failures_total`, by `AuthFailure::index`.
+    pub auth_failures: [AtomicU64; AuthFailure::ALL.len()],
 }
 
 /// Per-target metrics.
@@ -216,12 +220,31 @@ pub fn render_routes<'a>(
         "histogram",
         "Time from request head to the end of the response body.",
     );
-    for (name, m) in routes {
+    for (name, m) in routes.clone() {
         m.duration.render_into(
             out,
             "weir_request_duration_seconds",
             &format!("route=\"{}\"", label(name)),
         );
+    }
+    family(
+        out,
+        "weir_auth_failures_total",
+        "counter",
+        "Requests refused by a route's ip, auth or roles, by reason.",
+    );
+    for (name, m) in routes {
+        for reason in AuthFailure::ALL {
+            let n = m.auth_failures[reason.index()].load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "weir_auth_failures_total{{route=\"{}\",reason=\"{}\"}} {n}",
+                    label(name),
+                    reason.label()
+                );
+            }
+        }
     }
 }
 

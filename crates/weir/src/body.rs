@@ -190,6 +190,9 @@ impl Finish {
                 self.status,
             ));
         route_metrics.duration.observe(elapsed);
+        if let Some(f) = self.exchange.auth_failure {
+            route_metrics.auth_failures[f.index()].fetch_add(1, Ordering::Relaxed);
+        }
         if let (Some(log), Some(sink)) = (self.log, &snap.access_log) {
             let route = self
                 .exchange
@@ -213,6 +216,11 @@ impl Finish {
                 route,
                 upstream,
                 target,
+                consumer: self
+                    .exchange
+                    .principal
+                    .as_ref()
+                    .map(|p| Arc::clone(&p.name)),
                 status: self.status,
                 duration: elapsed,
                 bytes_in: log.bytes_in.load(Ordering::Relaxed),

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use weir_app::Gateway;
 use weir_config::Loaded;
+use weir_domain::auth::{Provider, ProviderKind};
 use weir_domain::path;
 use weir_domain::route::{MethodSet, Route, RouteAction};
 use weir_domain::router::{Lookup, RequestHead, RouteTable};
@@ -11,12 +12,45 @@ use weir_domain::upstream::Upstream;
 
 /// The policies a route runs, in order, as `GET /routes` and `explain` print them.
 #[must_use]
-pub fn pipeline_steps<F>(gw: &Gateway<F>, route: &Route) -> Vec<String> {
-    steps(&gw.upstreams, gw.max_body_bytes, route)
+pub fn pipeline_steps<F, A>(gw: &Gateway<F, A>, route: &Route) -> Vec<String> {
+    steps(&gw.upstreams, &gw.providers, gw.max_body_bytes, route)
 }
 
-fn steps(upstreams: &[Upstream], default_max_body: u64, route: &Route) -> Vec<String> {
+fn steps(
+    upstreams: &[Upstream],
+    providers: &[Provider],
+    default_max_body: u64,
+    route: &Route,
+) -> Vec<String> {
     let mut out = vec!["normalize_path".to_owned(), "route".to_owned()];
+    let access = &route.access;
+    if let Some(ip) = &access.ip {
+        out.push(format!(
+            "ip allow {} deny {}",
+            ip.allow.len(),
+            ip.deny.len()
+        ));
+    }
+    if let Some(cors) = &access.cors {
+        let origins = if cors.any_origin {
+            "*".to_owned()
+        } else {
+            cors.origins.join(" ")
+        };
+        out.push(format!("cors {origins}"));
+    }
+    if let Some(auth) = &access.auth {
+        let names: Vec<String> = auth
+            .providers
+            .iter()
+            .filter_map(|id| providers.get(id.0))
+            .map(|p| format!("{} ({})", p.name, kind_name(&p.kind)))
+            .collect();
+        out.push(format!("auth any of {}", names.join(", ")));
+        if !auth.roles.is_empty() {
+            out.push(format!("roles all of {}", auth.roles.join(", ")));
+        }
+    }
     out.push(format!(
         "body_limit {} bytes",
         route.max_body_bytes.unwrap_or(default_max_body)
@@ -50,6 +84,15 @@ fn steps(upstreams: &[Upstream], default_max_body: u64, route: &Route) -> Vec<St
         }
     }
     out
+}
+
+fn kind_name(kind: &ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::ApiKey(_) => "api_key",
+        ProviderKind::Basic(_) => "basic",
+        ProviderKind::Jwt(_) => "jwt",
+        ProviderKind::OAuth2(_) => "oauth2",
+    }
 }
 
 struct Head {
@@ -159,10 +202,13 @@ pub fn explain(
                 );
             }
             let _ = writeln!(out, "pipeline:");
-            for (i, s) in steps(&loaded.upstreams, loaded.settings.limits.max_body_bytes, r)
-                .iter()
-                .enumerate()
-            {
+            let plan = steps(
+                &loaded.upstreams,
+                &loaded.auth.providers,
+                loaded.settings.limits.max_body_bytes,
+                r,
+            );
+            for (i, s) in plan.iter().enumerate() {
                 let _ = writeln!(out, "  {}. {s}", i + 1);
             }
         }

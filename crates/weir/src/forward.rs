@@ -1,10 +1,15 @@
-//! Glue between the pipeline's `Forwarder` port and infra's pooled client. It lives here,
-//! in the composition root, because only this crate may name both layers.
+//! Glue between the pipeline's ports (`Forwarder`, `Authenticator`) and infra's pooled
+//! client and identity providers. It lives here, in the composition root, because only this
+//! crate may name both layers.
+
+use std::future::Future;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use weir_app::body::{LimitedBody, is_body_too_large};
-use weir_app::{ForwardError, Forwarder};
+use weir_app::{Authenticator, ForwardError, Forwarder};
+use weir_domain::auth::{ProviderId, Verdict};
+use weir_infra::auth::Authenticators;
 use weir_infra::client::{PooledBody, UpstreamClient};
 
 use crate::body::CountingBody;
@@ -38,5 +43,19 @@ impl Forwarder<UpstreamBody> for Forward {
                 ForwardError::Other(Box::new(e))
             }
         })
+    }
+}
+
+/// The identity providers, behind the pipeline's `Authenticator` port.
+#[derive(Debug)]
+pub struct Auth(pub Authenticators);
+
+impl Authenticator for Auth {
+    fn verify<'a>(
+        &'a self,
+        provider: ProviderId,
+        credential: &'a str,
+    ) -> impl Future<Output = Verdict> + Send + 'a {
+        self.0.verify(provider, credential)
     }
 }

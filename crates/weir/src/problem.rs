@@ -30,6 +30,9 @@ pub fn response(err: &GatewayError, request_id: &HeaderValue) -> Response<Body> 
         HeaderValue::from_static("application/problem+json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for challenge in err.challenges.iter().flat_map(|c| c.iter()) {
+        h.append(header::WWW_AUTHENTICATE, challenge.clone());
+    }
     if let Some(allow) = err.allow {
         let list = allow.names().collect::<Vec<_>>().join(", ");
         if let Ok(v) = HeaderValue::from_str(&list) {

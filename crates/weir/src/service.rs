@@ -72,8 +72,17 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
             }
             None => Response::new(Body::empty()),
         },
+        Ok(Outcome::Preflight(headers)) => {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            *resp.headers_mut() = headers;
+            resp
+        }
         Err(err) => problem::response(&err, &exchange.request_id),
     };
+    snapshot
+        .gateway
+        .apply_cors(&mut exchange, response.headers_mut());
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, exchange.request_id.clone());

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use weir_app::Gateway;
+use weir_app::pipeline::Parts;
 use weir_config::{Loaded, Settings};
 use weir_domain::route::RouteAction;
 use weir_infra::access_log::AccessLog;
@@ -16,7 +17,7 @@ use weir_infra::client::UpstreamClient;
 use weir_infra::health::Checks;
 use weir_infra::metrics::{RouteMetrics, TargetMetrics, UpstreamMetrics};
 
-use crate::forward::Forward;
+use crate::forward::{Auth, Forward};
 
 /// A `respond:` answer, built once.
 #[derive(Debug, Clone)]
@@ -28,7 +29,7 @@ pub struct StaticReply {
 
 #[derive(Debug)]
 pub struct Snapshot {
-    pub gateway: Gateway<Forward>,
+    pub gateway: Gateway<Forward, Auth>,
     pub settings: Settings,
     pub route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route (`route=""`).
@@ -58,7 +59,7 @@ impl Snapshot {
             settings,
             routes,
             upstreams,
-            auth: _,
+            auth,
             effective,
             version,
         } = loaded;
@@ -108,14 +109,17 @@ impl Snapshot {
             })
             .collect();
         let checks = Checks::start(&upstreams);
-        let gateway = Gateway::new(
+        let authenticator = Auth(weir_infra::auth::Authenticators::new(&auth, workers)?);
+        let gateway = Gateway::new(Parts {
             routes,
             upstreams,
             forwarders,
-            settings.trusted_proxies.clone(),
-            settings.limits.max_header_bytes,
-            settings.limits.max_body_bytes,
-        )?;
+            providers: auth.providers,
+            authenticator,
+            trusted_proxies: settings.trusted_proxies.clone(),
+            max_header_bytes: settings.limits.max_header_bytes,
+            max_body_bytes: settings.limits.max_body_bytes,
+        })?;
         Ok(Self {
             gateway,
             settings,

@@ -99,7 +99,7 @@ fn table(specs: Vec<R>) -> RouteTable {
             timeout: None,
             max_body_bytes: None,
             path_transform: PathTransform::default(),
-                access: crate::route::Access::default(),
+            access: crate::route::Access::default(),
         })
         .collect();
     RouteTable::build(routes).unwrap()
