@@ -1,8 +1,9 @@
 //! Checking identity providers and consumers, and building the domain's `AuthSettings`.
 //!
-//! A JWT provider's `public_key_file` is read here, at load time, so a missing or wrong key
-//! file is a validation problem, not a failure of every request. Nothing else touches the
-//! network or the disk: a JWKS or an introspection endpoint is only checked to be a usable URL.
+//! A JWT provider's `public_key_file` and an identity provider's `ca_file` are read here, at
+//! load time, so a missing or wrong file is a validation problem, not a failure of every
+//! request. Nothing touches the network: a JWKS or an introspection endpoint is only checked
+//! to be a usable URL (see [`crate::idp`]).
 
 use std::path::Path;
 
@@ -11,9 +12,9 @@ use weir_domain::auth::{
     Algorithm, ApiKey, ApiKeySpec, AuthSettings, BasicCredential, BasicSpec, Consumer,
     IntrospectionSpec, JwtKey, JwtSpec, KeyFamily, Provider, ProviderKind, Secret,
 };
-use weir_domain::upstream::TargetAddr;
 
 use crate::checks::{duration, header_name, header_value};
+use crate::idp;
 use crate::model::{AuthConfig, ConsumerConfig, PROVIDER_TYPES, ProviderConfig};
 use crate::node::KeyPath;
 use crate::pem::{self, Curve};
@@ -75,7 +76,7 @@ fn provider(
         "api_key" => api_key(p, path, r).map(ProviderKind::ApiKey),
         "basic" => basic(p, path, r).map(ProviderKind::Basic),
         "jwt" => jwt(p, path, dir, r).map(ProviderKind::Jwt),
-        _ => oauth2(p, path, r).map(ProviderKind::OAuth2),
+        _ => oauth2(p, path, dir, r).map(ProviderKind::OAuth2),
     };
     if r.issues.len() != before {
         return None;
@@ -172,14 +173,17 @@ fn jwt(p: &ProviderConfig, path: &KeyPath, dir: &Path, r: &mut Report<'_>) -> Op
             }
         }
         (["jwks_url"], _, _, Some(url)) => {
-            let url = r.check(
-                &path.key("jwks_url"),
-                idp_url(url, "the JWKS", "http://idp.internal/.well-known/jwks.json"),
-            );
+            let url = r.check(&path.key("jwks_url"), idp::url(url, idp::JWKS_EXAMPLE));
+            let ca_pem = idp::ca_file(p, url.as_deref(), path, dir, r);
             let refresh = duration(r, &path.key("jwks_refresh"), &p.jwks_refresh(), true);
-            let key = url
-                .zip(refresh)
-                .map(|(url, refresh)| JwtKey::Jwks { url, refresh });
+            let key = match (url, refresh, ca_pem) {
+                (Some(url), Some(refresh), Some(ca_pem)) => Some(JwtKey::Jwks {
+                    url,
+                    refresh,
+                    ca_pem,
+                }),
+                _ => None,
+            };
             (key, Some(Source::Jwks))
         }
         ([], ..) => {
@@ -200,11 +204,18 @@ fn jwt(p: &ProviderConfig, path: &KeyPath, dir: &Path, r: &mut Report<'_>) -> Op
             (None, None)
         }
     };
-    if p.jwks_refresh.is_some() && p.jwks_url.is_none() {
-        r.at_key(
-            &path.key("jwks_refresh"),
-            "`jwks_refresh` applies only with jwks_url",
-        );
+    if p.jwks_url.is_none() {
+        for (key, set) in [
+            ("jwks_refresh", p.jwks_refresh.is_some()),
+            ("ca_file", p.ca_file.is_some()),
+        ] {
+            if set {
+                r.at_key(
+                    &path.key(key),
+                    format!("`{key}` applies only with jwks_url"),
+                );
+            }
+        }
     }
     let algorithms = algorithms(p, path, source, r);
     let issuer = match &p.issuer {
@@ -240,30 +251,8 @@ fn public_key_file(
     dir: &Path,
     r: &mut Report<'_>,
 ) -> Option<(JwtKey, Source)> {
-    let written = file.trim();
-    if written.is_empty() {
-        r.at(path, "a file path cannot be empty");
-        return None;
-    }
-    let full = dir.join(written);
-    let shown = full.display().to_string();
-    let bytes = match read_small(&full) {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            r.at(
-                path,
-                format!(
-                    "\"{shown}\" is larger than {} KiB; a PEM public key is a few hundred bytes",
-                    MAX_KEY_FILE / 1024
-                ),
-            );
-            return None;
-        }
-        Err(e) => {
-            r.at(path, format!("cannot read \"{shown}\": {e}"));
-            return None;
-        }
-    };
+    let hint = "a PEM public key is a few hundred bytes";
+    let (bytes, shown) = idp::read(file, path, dir, MAX_KEY_FILE, hint, r)?;
     let key = r.check(path, pem::public_key(&bytes))?;
     Some((
         JwtKey::PublicKey {
@@ -277,16 +266,6 @@ fn public_key_file(
 
 /// A key file larger than this is not a key (and `/dev/zero` must not hang a reload).
 const MAX_KEY_FILE: u64 = 64 * 1024;
-
-/// The file's bytes, or `None` when it is larger than [`MAX_KEY_FILE`].
-fn read_small(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut bytes)?;
-    Ok((bytes.len() as u64 <= MAX_KEY_FILE).then_some(bytes))
-}
 
 fn family_needs(family: KeyFamily) -> &'static str {
     match family {
@@ -409,7 +388,12 @@ fn not_empty(r: &mut Report<'_>, path: &KeyPath, value: &str, what: &str) -> Opt
     }
 }
 
-fn oauth2(p: &ProviderConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<IntrospectionSpec> {
+fn oauth2(
+    p: &ProviderConfig,
+    path: &KeyPath,
+    dir: &Path,
+    r: &mut Report<'_>,
+) -> Option<IntrospectionSpec> {
     let mut required = |key: &str, value: &Option<String>| -> Option<String> {
         match value {
             Some(v) => Some(v.clone()),
@@ -425,13 +409,11 @@ fn oauth2(p: &ProviderConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Intr
     let url = url.and_then(|u| {
         r.check(
             &path.key("introspection_url"),
-            idp_url(
-                &u,
-                "the introspection endpoint",
-                "http://idp.internal/oauth2/introspect",
-            ),
+            idp::url(&u, idp::INTROSPECTION_EXAMPLE),
         )
     });
+    // Without a URL, whether ca_file fits is unknown; only the file is checked then.
+    let ca_pem = idp::ca_file(p, url.as_deref(), path, dir, r);
     let client_id = client_id.and_then(|id| {
         let at = path.key("client_id");
         let id = not_empty(r, &at, &id, "a client_id")?;
@@ -457,6 +439,7 @@ fn oauth2(p: &ProviderConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Intr
     let timeout = duration(r, &path.key("timeout"), &p.timeout(), true);
     Some(IntrospectionSpec {
         url: url?,
+        ca_pem: ca_pem?,
         client_id: client_id?,
         client_secret: client_secret?,
         cache_ttl: cache_ttl?,
@@ -464,37 +447,6 @@ fn oauth2(p: &ProviderConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Intr
         roles_claim: roles_claim?,
         timeout: timeout?,
     })
-}
-
-/// `http://host[:port]/path` of an identity provider. `what` names the service in the
-/// message about https, `example` shows a URL of the right shape.
-fn idp_url(text: &str, what: &str, example: &str) -> Result<String, String> {
-    let t = text.trim();
-    if t.get(..8)
-        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-    {
-        return Err(format!(
-            "https:// identity providers need upstream TLS, which weir does not support yet; \
-             serve {what} over http:// on a private network"
-        ));
-    }
-    let Some(rest) = t.strip_prefix("http://") else {
-        return Err(format!("\"{t}\" is not an http:// URL such as {example}"));
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    if authority.contains('@') {
-        // Never echo a URL that may carry a password.
-        return Err("the URL must not carry a user or password".to_owned());
-    }
-    TargetAddr::parse(&format!("http://{authority}"))?;
-    if !tail.starts_with('/') {
-        return Err(format!("\"{t}\" needs a path, such as {example}"));
-    }
-    if tail.contains('#') {
-        return Err(format!("\"{t}\": a #fragment is never sent; remove it"));
-    }
-    Ok(t.to_owned())
 }
 
 /// Every consumer, or `None` when any has problems (all reported).
@@ -726,15 +678,24 @@ pub(crate) fn fill_effective(effective: &mut Value, auth: &AuthSettings) {
     }
 }
 
-/// The public keys read from files, for the config's version.
+/// The public keys and CA bundles read from files, for the config's version: changing a
+/// file's content is a new version even though the config's text is the same.
 pub(crate) fn key_material(auth: &AuthSettings) -> String {
     let mut out = String::new();
     for p in &auth.providers {
-        if let ProviderKind::Jwt(JwtSpec {
-            key: JwtKey::PublicKey { pem, .. },
-            ..
-        }) = &p.kind
-        {
+        let pem = match &p.kind {
+            ProviderKind::Jwt(JwtSpec {
+                key: JwtKey::PublicKey { pem, .. },
+                ..
+            }) => Some(pem),
+            ProviderKind::Jwt(JwtSpec {
+                key: JwtKey::Jwks { ca_pem, .. },
+                ..
+            })
+            | ProviderKind::OAuth2(IntrospectionSpec { ca_pem, .. }) => ca_pem.as_ref(),
+            _ => None,
+        };
+        if let Some(pem) = pem {
             out.push_str(&String::from_utf8_lossy(pem));
         }
     }
@@ -744,40 +705,6 @@ pub(crate) fn key_material(auth: &AuthSettings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identity_provider_urls() {
-        let ok = |u: &str| idp_url(u, "it", "http://x/y");
-        assert_eq!(
-            ok(" http://idp:8080/jwks ").unwrap(),
-            "http://idp:8080/jwks"
-        );
-        assert_eq!(
-            ok("http://[::1]:80/a?b=c").unwrap(),
-            "http://[::1]:80/a?b=c"
-        );
-        assert!(
-            ok("https://idp/jwks")
-                .unwrap_err()
-                .contains("serve it over http://")
-        );
-        assert!(ok("HTTPS://idp/jwks").unwrap_err().contains("TLS"));
-        assert!(ok("http://idp").unwrap_err().contains("needs a path"));
-        assert!(ok("http://idp?x").unwrap_err().contains("needs a path"));
-        assert!(
-            ok("http://u:p@idp/x")
-                .unwrap_err()
-                .contains("user or password")
-        );
-        assert!(ok("http://idp:99999/x").unwrap_err().contains("bad port"));
-        assert!(ok("http:///x").unwrap_err().contains("no host"));
-        assert!(
-            ok("ftp://idp/x")
-                .unwrap_err()
-                .contains("not an http:// URL")
-        );
-        assert!(ok("http://idp/x#y").unwrap_err().contains("fragment"));
-    }
 
     #[test]
     fn hashed_keys() {

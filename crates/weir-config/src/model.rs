@@ -379,9 +379,13 @@ pub(crate) struct ProviderConfig {
     /// jwt: a PEM public key file.
     #[serde(default)]
     pub(crate) public_key_file: Option<String>,
-    /// jwt: an `http://` JWKS URL.
+    /// jwt: an `http://` or `https://` JWKS URL.
     #[serde(default)]
     pub(crate) jwks_url: Option<String>,
+    /// jwt (with jwks_url), oauth2: PEM certificates trusted for an `https://` URL instead
+    /// of the system's trust store.
+    #[serde(default)]
+    pub(crate) ca_file: Option<String>,
     /// jwt: how often the JWKS is fetched again.
     #[serde(default)]
     pub(crate) jwks_refresh: Option<Dur>,
@@ -422,7 +426,7 @@ pub(crate) struct ProviderConfig {
 
 impl ProviderConfig {
     /// Every key but `type`, with whether it is set and the types it applies to.
-    pub(crate) fn keys(&self) -> [(&'static str, bool, &'static [&'static str]); 18] {
+    pub(crate) fn keys(&self) -> [(&'static str, bool, &'static [&'static str]); 19] {
         const API_KEY: &[&str] = &["api_key"];
         const BASIC: &[&str] = &["basic"];
         const JWT: &[&str] = &["jwt"];
@@ -436,6 +440,7 @@ impl ProviderConfig {
             ("public_key_file", self.public_key_file.is_some(), JWT),
             ("jwks_url", self.jwks_url.is_some(), JWT),
             ("jwks_refresh", self.jwks_refresh.is_some(), JWT),
+            ("ca_file", self.ca_file.is_some(), BEARER),
             ("algorithms", self.algorithms.is_some(), JWT),
             ("issuer", self.issuer.is_some(), JWT),
             ("audiences", self.audiences.is_some(), JWT),
@@ -513,6 +518,7 @@ impl Serialize for ProviderConfig {
                 if let Some(v) = &self.jwks_url {
                     m.serialize_entry("jwks_url", v)?;
                     m.serialize_entry("jwks_refresh", &self.jwks_refresh())?;
+                    m.serialize_entry("ca_file", &self.ca_file)?;
                 }
                 // Filled in from the built provider when not written (it depends on the key).
                 m.serialize_entry("algorithms", &self.algorithms)?;
@@ -524,6 +530,7 @@ impl Serialize for ProviderConfig {
             }
             "oauth2" => {
                 m.serialize_entry("introspection_url", &self.introspection_url)?;
+                m.serialize_entry("ca_file", &self.ca_file)?;
                 m.serialize_entry("client_id", &self.client_id)?;
                 m.serialize_entry("client_secret", &self.client_secret)?;
                 m.serialize_entry("cache_ttl", &self.cache_ttl())?;

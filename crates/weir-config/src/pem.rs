@@ -1,9 +1,10 @@
 //! Reading a JWT provider's `public_key_file`: find the PEM block, and tell what kind of key it
 //! holds from the algorithm identifier inside, so an algorithm that does not fit the key is
-//! refused at load rather than by every request.
+//! refused at load rather than by every request. Also an identity provider's `ca_file`: the
+//! `CERTIFICATE` blocks of a bundle.
 //!
-//! This is sniffing, not verification: the verifier parses the key for real. It needs only
-//! base64 and the first few DER headers of a `SubjectPublicKeyInfo`.
+//! This is sniffing, not verification: the verifier parses the key (the TLS client the
+//! certificates) for real. It needs only base64 and the first few DER headers.
 
 use weir_domain::auth::KeyFamily;
 
@@ -95,6 +96,46 @@ pub(crate) fn public_key(bytes: &[u8]) -> Result<PublicKey, String> {
         family,
         curve,
     })
+}
+
+/// The `CERTIFICATE` blocks of a CA bundle, each re-written as a clean PEM block (other
+/// text, such as the comments of a system bundle, is left out). At least one is required.
+pub(crate) fn certificates(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| "this is not a PEM file (a DER certificate must be converted to PEM)")?;
+    let blocks = blocks(text)?;
+    if blocks.iter().any(|b| b.label.contains("PRIVATE KEY")) {
+        // Whoever holds the CA's private key can impersonate the identity provider.
+        return Err(
+            "this file holds a private key; a ca_file holds only the CA's certificates".to_owned(),
+        );
+    }
+    let mut pem = String::new();
+    for (i, block) in blocks
+        .iter()
+        .filter(|b| b.label == "CERTIFICATE")
+        .enumerate()
+    {
+        let der = base64(&block.body.concat())
+            .ok_or_else(|| format!("certificate {} is not valid base64", i + 1))?;
+        if !matches!(tlv(&der), Some((0x30, _, _))) {
+            return Err(format!("certificate {} is not a DER certificate", i + 1));
+        }
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in &block.body {
+            pem.push_str(line);
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    if pem.is_empty() {
+        return Err(
+            "no -----BEGIN CERTIFICATE----- block; a ca_file holds the PEM certificates of \
+             the CAs that sign the identity provider's certificate"
+                .to_owned(),
+        );
+    }
+    Ok(pem.into_bytes())
 }
 
 fn blocks(text: &str) -> Result<Vec<Block<'_>>, String> {
@@ -271,6 +312,40 @@ mod tests {
         assert!(public_key(junk.as_bytes()).unwrap_err().contains("DER"));
         let open = "-----BEGIN PUBLIC KEY-----\nAAAA\n";
         assert!(public_key(open.as_bytes()).unwrap_err().contains("no END"));
+    }
+
+    #[test]
+    fn certificate_bundles() {
+        let cert = "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
+        let bundle = format!("# a comment\r\n{cert}\n{}", cert.replace('\n', "\r\n"));
+        assert_eq!(
+            certificates(bundle.as_bytes()).unwrap(),
+            cert.repeat(2).into_bytes()
+        );
+        assert!(
+            certificates(ED.as_bytes())
+                .unwrap_err()
+                .contains("no -----BEGIN CERTIFICATE----- block")
+        );
+        assert!(certificates(b"").unwrap_err().contains("no -----BEGIN"));
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        assert!(
+            certificates(format!("{cert}{key}").as_bytes())
+                .unwrap_err()
+                .contains("private key")
+        );
+        let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            certificates(format!("{cert}{junk}").as_bytes()).unwrap_err(),
+            "certificate 2 is not a DER certificate"
+        );
+        let bad = "-----BEGIN CERTIFICATE-----\nA$==\n-----END CERTIFICATE-----\n";
+        assert!(certificates(bad.as_bytes()).unwrap_err().contains("base64"));
+        assert!(
+            certificates(&[0xff, 0xfe])
+                .unwrap_err()
+                .contains("not a PEM")
+        );
     }
 
     #[test]

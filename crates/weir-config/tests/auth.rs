@@ -164,17 +164,24 @@ fn providers_are_built_in_file_order_with_defaults() {
     assert_eq!(jwt(p, "ed").leeway, Duration::ZERO);
 
     let jwks = jwt(p, "jwks");
-    let JwtKey::Jwks { url, refresh } = &jwks.key else {
+    let JwtKey::Jwks {
+        url,
+        refresh,
+        ca_pem,
+    } = &jwks.key
+    else {
         panic!("a JWKS")
     };
     assert_eq!(url, "http://10.0.0.5:8080/.well-known/jwks.json");
     assert_eq!(*refresh, Duration::from_secs(300));
+    assert_eq!(*ca_pem, None);
     assert_eq!(jwks.algorithms, [Algorithm::ES256, Algorithm::RS256]);
 
     let ProviderKind::OAuth2(idp) = provider(p, "idp") else {
         panic!("oauth2")
     };
     assert_eq!(idp.url, "http://idp.internal/introspect");
+    assert_eq!(idp.ca_pem, None);
     assert_eq!(idp.client_id, "weir");
     assert_eq!(idp.client_secret.expose(), "s3cr3t-client");
     assert_eq!(idp.cache_ttl, Duration::from_secs(60));
@@ -396,13 +403,11 @@ auth:
             "weir.yaml:6:105: auth.providers.d.algorithms[4]: RS256 needs an RSA key; a `secret` verifies HS256, HS384 and HS512 only",
             "weir.yaml:7:8: auth.providers.e: a jwt provider needs one of secret, public_key_file and jwks_url",
             "weir.yaml:8:8: auth.providers.f: use only one of secret, public_key_file and jwks_url (found secret, jwks_url)",
-            "weir.yaml:9:31: auth.providers.g.jwks_url: https:// identity providers need upstream TLS, which weir does not support yet; serve the JWKS over http:// on a private network",
             "weir.yaml:9:71: auth.providers.g.timeout: must be longer than 0",
-            r#"weir.yaml:10:31: auth.providers.h.jwks_url: "http://idp:8080" needs a path, such as http://idp.internal/.well-known/jwks.json"#,
+            r#"weir.yaml:10:31: auth.providers.h.jwks_url: "http://idp:8080" needs a path, such as https://idp.example.com/.well-known/jwks.json"#,
             "weir.yaml:10:63: auth.providers.h.algorithms[0]: HS512 needs an HMAC secret, which a JWKS never holds; use `secret` for HMAC tokens",
             r#"weir.yaml:10:70: auth.providers.h.algorithms[1]: unknown algorithm "nothing" (one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"#,
             r#"weir.yaml:11:8: auth.providers.i: missing required key "client_id""#,
-            "weir.yaml:11:43: auth.providers.i.introspection_url: https:// identity providers need upstream TLS, which weir does not support yet; serve the introspection endpoint over http:// on a private network",
             "weir.yaml:11:95: auth.providers.i.client_secret: client_secret cannot be empty",
             r#"weir.yaml:12:33: auth.providers.j.header: "X Key" is not a valid header name"#,
             r#"weir.yaml:12:49: auth.providers.j.query: "a&b" is not a query parameter name (letters, digits, -, ., _ and ~)"#,
@@ -412,6 +417,101 @@ auth:
             r#"weir.yaml:15:8: auth.providers.m: missing required key "type""#,
         ]
     );
+}
+
+/// `https://` identity providers: the system's trust store by default, or the certificates
+/// of `ca_file` (relative to the config file, read at load, part of the version).
+#[test]
+fn https_identity_providers_and_ca_files() {
+    let dir = temp_dir("https");
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    std::fs::copy(keys().join("ca.pem"), dir.join("tls/ca.pem")).unwrap();
+    let yaml = "\
+auth:
+  providers:
+    corp: { type: jwt, jwks_url: 'https://id.example.com/.well-known/jwks.json' }
+    pinned: { type: jwt, jwks_url: 'HTTPS://10.0.0.5:8443/jwks', ca_file: tls/ca.pem }
+    idp: { type: oauth2, introspection_url: 'https://id.example.com:8443/introspect',
+           client_id: weir, client_secret: s3cr3t, ca_file: tls/ca.pem }
+";
+    let file = dir.join("weir.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let loaded = load_file(&file, &TestEnv::default(), &Overrides::default()).unwrap();
+    let p = &loaded.auth.providers;
+    let ca = std::fs::read(keys().join("ca.pem")).unwrap();
+    let JwtKey::Jwks { url, ca_pem, .. } = &jwt(p, "corp").key else {
+        panic!("a JWKS")
+    };
+    assert_eq!(url, "https://id.example.com/.well-known/jwks.json");
+    assert_eq!(*ca_pem, None, "the system's trust store");
+    let JwtKey::Jwks { url, ca_pem, .. } = &jwt(p, "pinned").key else {
+        panic!("a JWKS")
+    };
+    assert_eq!(url, "https://10.0.0.5:8443/jwks");
+    assert_eq!(ca_pem.as_deref(), Some(&ca[..]));
+    let ProviderKind::OAuth2(idp) = provider(p, "idp") else {
+        panic!("oauth2")
+    };
+    assert_eq!(idp.url, "https://id.example.com:8443/introspect");
+    assert_eq!(idp.ca_pem.as_deref(), Some(&ca[..]));
+    let providers = &loaded.effective["auth"]["providers"];
+    assert_eq!(providers["pinned"]["ca_file"], "tls/ca.pem");
+    assert_eq!(providers["idp"]["ca_file"], "tls/ca.pem");
+    assert_eq!(providers["corp"]["ca_file"], serde_json::Value::Null);
+
+    // Another CA in the same file is a new version, though the config's text is the same.
+    let other = format!(
+        "{}{}",
+        String::from_utf8(ca.clone()).unwrap(),
+        String::from_utf8(ca).unwrap()
+    );
+    std::fs::write(dir.join("tls/ca.pem"), other).unwrap();
+    let changed = load_file(&file, &TestEnv::default(), &Overrides::default()).unwrap();
+    assert_ne!(changed.version, loaded.version);
+    assert_eq!(changed.effective, loaded.effective);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ca_file_problems() {
+    let dir = temp_dir("ca-problems");
+    std::fs::copy(keys().join("ca.pem"), dir.join("ca.pem")).unwrap();
+    std::fs::copy(keys().join("ed25519.pub.pem"), dir.join("key.pem")).unwrap();
+    let yaml = "\
+auth:
+  providers:
+    plain: { type: jwt, jwks_url: 'http://idp/jwks', ca_file: ca.pem }
+    nocert: { type: jwt, jwks_url: 'https://idp/jwks', ca_file: key.pem }
+    missing: { type: oauth2, introspection_url: 'https://idp/i', client_id: weir, client_secret: s, ca_file: nope.pem }
+    plain2: { type: oauth2, introspection_url: 'http://idp/i', client_id: weir, client_secret: s, ca_file: ca.pem }
+    static: { type: jwt, public_key_file: key.pem, ca_file: ca.pem }
+    zero: { type: jwt, jwks_url: 'https://idp/jwks', ca_file: /dev/zero }
+    keys: { type: api_key, ca_file: ca.pem }
+";
+    let p = match load_str_in(
+        "weir.yaml",
+        yaml,
+        &dir,
+        &TestEnv::default(),
+        &Overrides::default(),
+    ) {
+        Ok(_) => panic!("loaded"),
+        Err(p) => p.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    let missing = dir.join("nope.pem").display().to_string();
+    assert_eq!(
+        p,
+        [
+            "weir.yaml:3:54: auth.providers.plain.ca_file: `ca_file` applies only to an https:// URL (plain http:// has no certificate to check)".to_owned(),
+            "weir.yaml:4:65: auth.providers.nocert.ca_file: no -----BEGIN CERTIFICATE----- block; a ca_file holds the PEM certificates of the CAs that sign the identity provider's certificate".to_owned(),
+            format!("weir.yaml:5:110: auth.providers.missing.ca_file: cannot read \"{missing}\": No such file or directory (os error 2)"),
+            "weir.yaml:6:99: auth.providers.plain2.ca_file: `ca_file` applies only to an https:// URL (plain http:// has no certificate to check)".to_owned(),
+            "weir.yaml:7:52: auth.providers.static.ca_file: `ca_file` applies only with jwks_url".to_owned(),
+            "weir.yaml:8:63: auth.providers.zero.ca_file: \"/dev/zero\" is larger than 1024 KiB; a CA bundle, even a whole system trust store, is a few hundred KiB".to_owned(),
+            "weir.yaml:9:28: auth.providers.keys.ca_file: `ca_file` applies to types jwt and oauth2, not api_key".to_owned(),
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

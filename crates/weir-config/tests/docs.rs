@@ -28,8 +28,8 @@ auth:
     hs: { type: jwt, secret: 0123456789abcdef0123456789abcdef, algorithms: [HS256], issuer: i,
           audiences: [a], roles_claim: roles, leeway: 30s, timeout: 2s }
     pk: { type: jwt, public_key_file: tests/keys/ed25519.pub.pem }
-    jwks: { type: jwt, jwks_url: 'http://idp/jwks.json', jwks_refresh: 1m }
-    idp: { type: oauth2, introspection_url: 'http://idp/introspect', client_id: weir,
+    jwks: { type: jwt, jwks_url: 'https://idp/jwks.json', jwks_refresh: 1m, ca_file: tests/keys/ca.pem }
+    idp: { type: oauth2, introspection_url: 'https://idp/introspect', ca_file: tests/keys/ca.pem, client_id: weir,
            client_secret: s3cr3t-value, cache_ttl: 1m, negative_ttl: 5s, roles_claim: scope, timeout: 1s }
 consumers:
   - name: acme

@@ -161,6 +161,19 @@ fn the_root_config_routes_as_its_comments_say() {
     assert_eq!(route(&l, &get, "/api/hello.json"), "api");
     assert_eq!(route(&l, &get, "/nope"), "404");
     assert_eq!(route(&l, &get, "/v1/orders"), "orders-v1");
+    assert_eq!(route(&l, &get, "/private/orders.json"), "private");
+    let private = &l.routes.routes()[3];
+    assert_eq!(
+        private.path_transform.apply("/private/orders.json"),
+        "/api/orders.json"
+    );
+    let auth = private
+        .access
+        .auth
+        .as_ref()
+        .expect("the private route has auth");
+    assert_eq!(auth.roles, ["orders:read"]);
+    assert_eq!(l.auth.consumers[0].name, "demo");
     let orders = &l.routes.routes()[2];
     assert_eq!(
         orders.path_transform.apply("/v1/orders"),

@@ -178,8 +178,14 @@ pub enum JwtKey {
         pem: Vec<u8>,
         family: KeyFamily,
     },
-    /// A JWKS document fetched from this `http://` URL, cached and refreshed.
-    Jwks { url: String, refresh: Duration },
+    /// A JWKS document fetched from this `http://` or `https://` URL, cached and refreshed.
+    Jwks {
+        url: String,
+        refresh: Duration,
+        /// PEM certificates trusted for an `https://` URL (`ca_file`, read at load time);
+        /// `None`: the system's trust store.
+        ca_pem: Option<Vec<u8>>,
+    },
 }
 
 /// `type: jwt`.
@@ -203,8 +209,11 @@ pub struct JwtSpec {
 /// `type: oauth2`: RFC 7662 token introspection with client credentials.
 #[derive(Clone, Debug)]
 pub struct IntrospectionSpec {
-    /// An `http://` URL.
+    /// An `http://` or `https://` URL.
     pub url: String,
+    /// PEM certificates trusted for an `https://` URL (`ca_file`, read at load time);
+    /// `None`: the system's trust store.
+    pub ca_pem: Option<Vec<u8>>,
     pub client_id: String,
     pub client_secret: Secret,
     /// Longest time an active token's answer is reused (it is never reused past its `exp`).

@@ -1,6 +1,10 @@
-//! HTTP calls to identity providers (JWKS documents, token introspection): one `http://`
-//! endpoint on the pooled upstream client, a deadline over the whole exchange, a cap on the
-//! answer's size, and failure logging that speaks once per change of state, not per request.
+//! HTTP calls to identity providers (JWKS documents, token introspection): one endpoint, a
+//! deadline over the whole exchange, a cap on the answer's size, and failure logging that
+//! speaks once per change of state, not per request.
+//!
+//! An `http://` endpoint goes through weir's pooled upstream client; an `https://` one
+//! through the identity providers' TLS client ([`super::tls`]). Either way a failure to
+//! connect, TLS included, is a [`FetchError::Connect`] naming the reason.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,11 +12,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Uri};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use weir_domain::upstream::Protocol;
 
-use crate::client::UpstreamClient;
+use super::tls::{self, HttpsClient};
+use crate::client::{UpstreamClient, worker_index};
 
 /// Largest answer read from an identity provider. A JWKS or an introspection answer is a
 /// few KiB; anything near this is not one.
@@ -21,6 +27,7 @@ pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// Why a call to an identity provider failed. Never holds a credential or a response body.
 #[derive(Debug)]
 pub(crate) enum FetchError {
+    /// No connection: refused, unreachable, or TLS failed (the message says which).
     Connect(String),
     Timeout(Duration),
     Status(http::StatusCode),
@@ -41,12 +48,20 @@ impl std::fmt::Display for FetchError {
     }
 }
 
-/// One identity-provider URL, resolved into what the upstream client needs.
+/// How an endpoint is reached.
+enum Transport {
+    /// `http://`: weir's pooled upstream client.
+    Plain(UpstreamClient<Full<Bytes>>),
+    /// `https://`: one pooling TLS client per worker.
+    Tls(Box<[HttpsClient]>),
+}
+
+/// One identity-provider URL, resolved into what its client needs.
 pub(crate) struct Endpoint {
-    /// Absolute `http://authority/path?query`.
+    /// Absolute `http(s)://authority/path?query`.
     uri: Uri,
     host: HeaderValue,
-    client: UpstreamClient<Full<Bytes>>,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -58,31 +73,52 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Accepts `http://host[:port]/path?query` only; `timeout` bounds connecting.
-    pub(crate) fn new(url: &str, timeout: Duration, workers: usize) -> Result<Self, String> {
+    /// Accepts `http://` and `https://host[:port]/path?query`. `ca_pem` (PEM certificates)
+    /// is what an `https://` endpoint trusts, the system's trust store when `None`; `timeout`
+    /// bounds connecting.
+    pub(crate) fn new(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        timeout: Duration,
+        workers: usize,
+    ) -> Result<Self, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("the URL {url:?} does not parse: {e}"))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(format!("the URL {url:?} is not http://"));
-        }
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            _ => return Err(format!("the URL {url:?} is not http:// or https://")),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| format!("the URL {url:?} has no host"))?;
         if authority.as_str().contains('@') {
             return Err("the URL must not carry user information".to_owned());
         }
-        let connect = connect_authority(authority);
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("the URL {url:?} has an unusable host"))?;
+        let transport = if scheme == Scheme::HTTPS {
+            Transport::Tls(tls::clients(authority.host(), ca_pem, timeout, workers)?)
+        } else {
+            if ca_pem.is_some() {
+                return Err("ca_file applies only to an https:// URL".to_owned());
+            }
+            let connect = connect_authority(authority);
+            Transport::Plain(UpstreamClient::new(
+                Protocol::Http1,
+                timeout,
+                &[connect.as_str()],
+                workers,
+            ))
+        };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!("http://{authority}{path}")
+        let uri = format!("{scheme}://{authority}{path}")
             .parse()
             .map_err(|e| format!("the URL {url:?} does not parse: {e}"))?;
         Ok(Self {
             uri,
             host,
-            client: UpstreamClient::new(Protocol::Http1, timeout, &[connect.as_str()], workers),
+            transport,
         })
     }
 
@@ -101,24 +137,44 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<Bytes, FetchError> {
         let exchange = async {
-            let resp = self
-                .client
-                .send(0, req)
-                .await
-                .map_err(|e| FetchError::Connect(e.to_string()))?;
-            if !resp.status().is_success() {
-                return Err(FetchError::Status(resp.status()));
+            match &self.transport {
+                Transport::Plain(client) => {
+                    let resp = client
+                        .send(0, req)
+                        .await
+                        .map_err(|e| FetchError::Connect(e.to_string()))?;
+                    read(resp).await
+                }
+                Transport::Tls(clients) => {
+                    let client = &clients[worker_index() % clients.len()];
+                    let resp = client
+                        .request(req)
+                        .await
+                        .map_err(|e| FetchError::Connect(tls::error_chain(&e)))?;
+                    read(resp).await
+                }
             }
-            let body = Limited::new(resp.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| FetchError::Body(e.to_string()))?;
-            Ok(body.to_bytes())
         };
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| FetchError::Timeout(timeout))?
     }
+}
+
+/// A 2xx answer's body, at most [`MAX_BODY`].
+async fn read<B>(resp: Response<B>) -> Result<Bytes, FetchError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !resp.status().is_success() {
+        return Err(FetchError::Status(resp.status()));
+    }
+    let body = Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| FetchError::Body(e.to_string()))?;
+    Ok(body.to_bytes())
 }
 
 /// `host:port` to connect to: the URL's authority with the default port made explicit.
@@ -174,14 +230,15 @@ mod tests {
 
     #[test]
     fn urls_become_absolute_http_requests() {
-        let e = Endpoint::new("http://127.0.0.1:8081/keys?x=1", Duration::from_secs(1), 1).unwrap();
+        let t = Duration::from_secs(1);
+        let e = Endpoint::new("http://127.0.0.1:8081/keys?x=1", None, t, 1).unwrap();
         let req = e
             .request(http::Method::GET)
             .body(Full::<Bytes>::default())
             .unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:8081/keys?x=1");
         assert_eq!(req.headers()[HOST], "127.0.0.1:8081");
-        let e = Endpoint::new("http://idp.example", Duration::from_secs(1), 1).unwrap();
+        let e = Endpoint::new("http://idp.example", None, t, 1).unwrap();
         let req = e
             .request(http::Method::GET)
             .body(Full::<Bytes>::default())
@@ -191,9 +248,36 @@ mod tests {
             connect_authority(req.uri().authority().unwrap()),
             "idp.example:80"
         );
-        assert!(Endpoint::new("https://idp.example/", Duration::from_secs(1), 1).is_err());
-        assert!(Endpoint::new("http://u:p@idp.example/", Duration::from_secs(1), 1).is_err());
-        assert!(Endpoint::new("/relative", Duration::from_secs(1), 1).is_err());
+        assert!(Endpoint::new("ftp://idp.example/", None, t, 1).is_err());
+        assert!(Endpoint::new("http://u:p@idp.example/", None, t, 1).is_err());
+        assert!(Endpoint::new("/relative", None, t, 1).is_err());
+        let ca = crate::auth::test_tls::TestCa::new().pem();
+        let err = Endpoint::new("http://idp.example/", Some(ca.as_bytes()), t, 1).unwrap_err();
+        assert!(err.contains("https://"), "{err}");
+    }
+
+    #[test]
+    fn https_urls_keep_their_scheme_and_host() {
+        let t = Duration::from_secs(1);
+        let ca = crate::auth::test_tls::TestCa::new().pem();
+        let e = Endpoint::new(
+            "https://id.example.com/oauth2/introspect",
+            Some(ca.as_bytes()),
+            t,
+            2,
+        )
+        .unwrap();
+        assert!(matches!(&e.transport, Transport::Tls(c) if c.len() == 2));
+        let req = e
+            .request(http::Method::POST)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        assert_eq!(req.uri(), "https://id.example.com/oauth2/introspect");
+        assert_eq!(req.headers()[HOST], "id.example.com");
+        let e = Endpoint::new("https://[::1]:8443/jwks", Some(ca.as_bytes()), t, 1).unwrap();
+        assert_eq!(e.uri, "https://[::1]:8443/jwks");
+        let err = Endpoint::new("https://idp/", Some(b"not pem"), t, 1).unwrap_err();
+        assert!(err.contains("ca_file"), "{err}");
     }
 
     #[test]

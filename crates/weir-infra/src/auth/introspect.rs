@@ -90,7 +90,7 @@ impl Introspector {
         authorization.set_sensitive(true);
         Ok(Self {
             provider: Arc::from(provider),
-            endpoint: Endpoint::new(&spec.url, spec.timeout, workers)
+            endpoint: Endpoint::new(&spec.url, spec.ca_pem.as_deref(), spec.timeout, workers)
                 .map_err(|e| format!("introspection_url: {e}"))?,
             authorization,
             timeout: spec.timeout,

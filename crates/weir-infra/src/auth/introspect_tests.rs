@@ -12,6 +12,7 @@ use crate::auth::test_server::{TestServer, serve};
 fn spec(url: String) -> IntrospectionSpec {
     IntrospectionSpec {
         url,
+        ca_pem: None,
         client_id: "weir gw".to_owned(),
         client_secret: Secret::new("p@ss:word".to_owned()),
         cache_ttl: Duration::from_secs(60),

@@ -119,16 +119,20 @@ impl std::fmt::Debug for Jwks {
 }
 
 impl Jwks {
+    /// `ca_pem`: the certificates an `https://` URL is checked against (`ca_file`), the
+    /// system's trust store when `None`.
     pub(crate) fn new(
         provider: &str,
         url: &str,
+        ca_pem: Option<&[u8]>,
         refresh: Duration,
         timeout: Duration,
         workers: usize,
     ) -> Result<Self, String> {
         Ok(Self {
             provider: Arc::from(provider),
-            endpoint: Endpoint::new(url, timeout, workers).map_err(|e| format!("jwks_url: {e}"))?,
+            endpoint: Endpoint::new(url, ca_pem, timeout, workers)
+                .map_err(|e| format!("jwks_url: {e}"))?,
             refresh,
             timeout,
             keys: RwLock::new(Arc::default()),

@@ -78,9 +78,14 @@ impl Tokens {
                 key: pem_key(pem, *family).map_err(|e| format!("public_key_file {path:?}: {e}"))?,
                 family: *family,
             },
-            JwtKey::Jwks { url, refresh } => Keys::Jwks(Arc::new(Jwks::new(
+            JwtKey::Jwks {
+                url,
+                refresh,
+                ca_pem,
+            } => Keys::Jwks(Arc::new(Jwks::new(
                 provider,
                 url,
+                ca_pem.as_deref(),
                 *refresh,
                 spec.timeout,
                 workers,

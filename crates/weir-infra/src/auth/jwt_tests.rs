@@ -467,7 +467,11 @@ async fn jwks_server() -> JwksServer {
 
 fn jwks_spec(url: String, refresh: Duration) -> JwtSpec {
     spec(
-        JwtKey::Jwks { url, refresh },
+        JwtKey::Jwks {
+            url,
+            refresh,
+            ca_pem: None,
+        },
         &[Algorithm::RS256, Algorithm::ES256],
     )
 }

@@ -16,6 +16,11 @@ mod jwks;
 mod jwt;
 #[cfg(test)]
 mod test_server;
+#[cfg(test)]
+mod test_tls;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,8 +50,9 @@ enum Verifier {
 }
 
 impl Authenticators {
-    /// Builds the verifiers (parses keys, indexes consumers). No I/O; JWKS documents are
-    /// fetched on first use.
+    /// Builds the verifiers (parses keys, indexes consumers, sets up TLS). No network I/O:
+    /// JWKS documents are fetched on first use. An `https://` provider without `ca_file`
+    /// reads the system's trust store here, and fails when it holds no certificate.
     pub fn new(settings: &AuthSettings, workers: usize) -> Result<Self, String> {
         // jsonwebtoken panics at the first verification if it cannot tell which crypto
         // backend to use (say, when feature unification enables two); name it explicitly.
@@ -239,12 +245,23 @@ mod tests {
             "{err}"
         );
 
-        let https = JwtKey::Jwks {
+        let ftp = JwtKey::Jwks {
+            url: "ftp://id.example/jwks".to_owned(),
+            refresh: Duration::from_secs(60),
+            ca_pem: None,
+        };
+        let err = Authenticators::new(&settings(vec![("corp", jwt(ftp))]), 1).unwrap_err();
+        assert!(err.contains("auth provider \"corp\": jwks_url"), "{err}");
+        let bad_ca = JwtKey::Jwks {
             url: "https://id.example/jwks".to_owned(),
             refresh: Duration::from_secs(60),
+            ca_pem: Some(b"no certificate here".to_vec()),
         };
-        let err = Authenticators::new(&settings(vec![("corp", jwt(https))]), 1).unwrap_err();
-        assert!(err.contains("auth provider \"corp\": jwks_url"), "{err}");
+        let err = Authenticators::new(&settings(vec![("corp", jwt(bad_ca))]), 1).unwrap_err();
+        assert!(
+            err.starts_with("auth provider \"corp\": jwks_url: ca_file"),
+            "{err}"
+        );
 
         let mut s = settings(vec![(
             "keys",

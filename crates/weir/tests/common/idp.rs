@@ -6,7 +6,8 @@
 //! - Token helpers: standard claims, hand-built tokens (`alg: none`, any header), tampering.
 //! - [`Idp`]: an HTTP server on `127.0.0.1:0` serving `GET /jwks` (a key set that can be
 //!   swapped mid-test, fetches counted) and `POST /introspect` (RFC 7662, client credentials
-//!   checked, answers counted; can fail with 500, hang, or go away entirely).
+//!   checked, answers counted; can fail with 500, hang, or go away entirely); or the same
+//!   over TLS ([`Idp::start_tls`]) with a certificate from a [`TestCa`] made at test time.
 //! - Gateway helpers: starting weir from a config that may be refused, problem and
 //!   `WWW-Authenticate` checks, metric values, password hashes and key digests.
 
@@ -31,9 +32,11 @@ use hyper_util::server::conn::auto;
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use super::{Gateway, MapEnv, client, config};
 
@@ -339,6 +342,8 @@ struct IdpState {
 #[derive(Debug)]
 pub struct Idp {
     pub addr: SocketAddr,
+    /// `http`, or `https` when started with [`Idp::start_tls`].
+    scheme: &'static str,
     state: Arc<IdpState>,
     gone: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -354,6 +359,17 @@ impl Drop for Idp {
 impl Idp {
     /// Starts with an empty key set (`{"keys":[]}`) and no active token.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// [`Idp::start`] over TLS, presenting `tls`'s certificate (see [`TestCa`]); its URLs
+    /// are `https://`. A client that refuses the certificate never reaches a handler.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(Some(TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(tls: Option<TlsAcceptor>) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind IdP");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(IdpState {
@@ -377,24 +393,23 @@ impl Idp {
                 };
                 let Ok((stream, _)) = accepted else { continue };
                 let st = Arc::clone(&st);
-                let mut stop = gone_rx.clone();
+                let stop = gone_rx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let st = Arc::clone(&st);
-                        async move { Ok::<_, Infallible>(idp_answer(req, &st).await) }
-                    });
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    // Going away closes every connection too, pooled ones included.
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop.wait_for(|g| *g) => {}
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                idp_connection(stream, st, stop).await;
+                            }
+                        }
+                        None => idp_connection(stream, st, stop).await,
                     }
                 });
             }
         });
         Self {
             addr,
+            scheme,
             state,
             gone,
             task,
@@ -409,11 +424,11 @@ impl Idp {
     }
 
     pub fn jwks_url(&self) -> String {
-        format!("http://{}/jwks", self.addr)
+        format!("{}://{}/jwks", self.scheme, self.addr)
     }
 
     pub fn introspection_url(&self) -> String {
-        format!("http://{}/introspect", self.addr)
+        format!("{}://{}/introspect", self.scheme, self.addr)
     }
 
     /// Replaces the key set served at `/jwks`.
@@ -480,6 +495,85 @@ impl Idp {
     /// Stops listening and closes every connection: the endpoint is gone.
     pub fn go_away(&self) {
         self.gone.send_replace(true);
+    }
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends or the [`Idp`] goes away.
+async fn idp_connection<S>(stream: S, st: Arc<IdpState>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let st = Arc::clone(&st);
+        async move { Ok::<_, Infallible>(idp_answer(req, &st).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    // Going away closes every connection too, pooled ones included.
+    tokio::select! {
+        _ = conn => {}
+        _ = stop.wait_for(|g| *g) => {}
+    }
+}
+
+/// A certificate authority made for one test (rcgen on aws-lc-rs), signing server
+/// certificates for [`Idp::start_tls`]; its [`TestCa::pem`] is what a `ca_file` holds.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own, so another test CA is a stranger, not a forger.
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("weir test CA {}", unique()));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("CA key");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        Self { issuer }
+    }
+
+    /// The CA's certificate as PEM.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A TLS server config with a certificate for `names` (DNS names or IP addresses)
+    /// signed by this CA.
+    pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "weir test IdP");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &self.issuer).expect("server cert");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server TLS config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
     }
 }
 
