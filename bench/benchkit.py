@@ -323,10 +323,11 @@ def _auth_table(cells, ref, rank):
     keys = [k for k in cells if AUTH_BASE in cells[k] and any(p.startswith(AUTH_BASE + "-") for p in cells[k])]
     if not keys:
         return []
-    out = ["## Authentication cost (weir)", "",
+    out = ["## Authentication and rate-limit cost (weir)", "",
            "`weir` = the route without auth; `weir-key` = the same route with an API key "
-           "(`X-Api-Key`); `weir-jwt` = the same route with an RS256 JWT (`Authorization: Bearer`). "
-           "One weir process serves all three, and the routes differ only in `auth`. "
+           "(`X-Api-Key`); `weir-jwt` = the same route with an RS256 JWT (`Authorization: Bearer`); "
+           "`weir-limit` = the same route with a memory-store rate limit by ip that never refuses. "
+           "One weir process serves them all, and the routes differ only in `auth` or `rate_limit`. "
            "`x weir` = this variant's median / weir's median; `paired` = median over rounds of the "
            "ratio within the same round (less sensitive to drift). `+µs/req` = extra proxy CPU per "
            "request over weir's. `x nginx` compares with nginx without auth. Aim: req/s x weir ≥ 0.90.", "",

@@ -18,6 +18,8 @@ pub struct GatewayError {
     pub allow: Option<MethodSet>,
     /// For 401: the `WWW-Authenticate` challenges, one per accepted scheme.
     pub challenges: Option<Arc<[HeaderValue]>>,
+    /// For 429: seconds until a request would pass (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl GatewayError {
@@ -28,6 +30,7 @@ impl GatewayError {
             detail: detail.into(),
             allow: None,
             challenges: None,
+            retry_after: None,
         }
     }
 
@@ -38,6 +41,7 @@ impl GatewayError {
             detail: Cow::Borrowed("the route does not accept this method"),
             allow: Some(allow),
             challenges: None,
+            retry_after: None,
         }
     }
 }

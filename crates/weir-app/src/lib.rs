@@ -12,6 +12,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod limits;
 pub mod pipeline;
 pub mod request_id;
 

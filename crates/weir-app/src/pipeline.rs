@@ -23,6 +23,7 @@ use crate::body::LimitedBody;
 use crate::error::GatewayError;
 use crate::forward::{ForwardError, Forwarder};
 use crate::headers;
+use crate::limits::{Admission, Caller, RateInfo, RouteLimits};
 use crate::request_id;
 
 /// One connection's facts, computed once when it is accepted.
@@ -69,6 +70,12 @@ pub struct Exchange {
     /// The request's `Origin` when the route's CORS policy allows it: the response gets
     /// CORS headers, whatever it is.
     pub cors_origin: Option<HeaderValue>,
+    /// The tightest rate limit's state, for the `RateLimit-*` headers.
+    pub rate: Option<RateInfo>,
+    /// The request was refused by a rate limit (`weir_rate_limited_total`).
+    pub rate_limited: bool,
+    /// A rate-limit key found no slot and shared the overflow bucket.
+    pub rate_overflow: bool,
 }
 
 impl Exchange {
@@ -84,6 +91,9 @@ impl Exchange {
             principal: None,
             auth_failure: None,
             cors_origin: None,
+            rate: None,
+            rate_limited: false,
+            rate_overflow: false,
         }
     }
 }
@@ -131,6 +141,8 @@ pub struct Gateway<F, A> {
     pub authenticator: A,
     /// Per route (same index), its access answers prebuilt.
     access: Vec<RouteAccess>,
+    /// Per route (same index), its rate limits and their state.
+    limits: Vec<RouteLimits>,
 }
 
 impl<F, A> Gateway<F, A> {
@@ -152,6 +164,7 @@ impl<F, A> Gateway<F, A> {
             .iter()
             .map(|r| RouteAccess::build(r, &providers))
             .collect::<Result<Vec<_>, _>>()?;
+        let limits = crate::limits::build(routes.routes(), &upstreams)?;
         let authorities = upstreams
             .iter()
             .map(|u| {
@@ -175,15 +188,20 @@ impl<F, A> Gateway<F, A> {
             providers,
             authenticator,
             access,
+            limits,
         })
     }
 
-    /// Adds the route's CORS headers to a response when the request's origin was allowed.
-    pub fn apply_cors(&self, ex: &mut Exchange, headers: &mut http::HeaderMap) {
+    /// Adds what the route's policies tell every response: CORS headers when the request's
+    /// origin was allowed, `RateLimit-*` on rate-limited routes.
+    pub fn decorate(&self, ex: &mut Exchange, headers: &mut http::HeaderMap) {
         if let (Some(origin), Some(route)) = (ex.cors_origin.take(), ex.route)
             && let Some(cors) = &self.access[route].cors
         {
             cors.decorate(origin, headers);
+        }
+        if let Some(info) = ex.rate {
+            crate::limits::decorate(info, headers);
         }
     }
 
@@ -292,6 +310,23 @@ impl<F, A: Authenticator> Gateway<F, A> {
             })?;
             credential = Some(&self.providers[authenticated.provider.0].kind);
             ex.principal = Some(authenticated.principal);
+        }
+        // Rate limits after auth, so `key: consumer` knows who is calling.
+        let route_limits = &self.limits[route.index];
+        if !route_limits.is_empty() {
+            let caller = Caller {
+                principal: ex.principal.as_ref(),
+                ip: ex.client_ip,
+                headers: req.headers(),
+            };
+            let mut admission = Admission::default();
+            let admitted = route_limits.admit(&caller, &mut admission);
+            ex.rate = admission.info;
+            ex.rate_overflow = admission.overflowed;
+            if let Err(e) = admitted {
+                ex.rate_limited = true;
+                return Err(e);
+            }
         }
         // A declared body over the limit is refused before it is read; chunked bodies are
         // cut off while streaming by `LimitedBody`.

@@ -27,6 +27,7 @@ mod model;
 mod node;
 mod overrides;
 mod pem;
+mod ratelimit;
 mod redact;
 mod report;
 mod routes;

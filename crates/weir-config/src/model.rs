@@ -251,9 +251,9 @@ pub(crate) struct UpstreamConfig {
     /// Retries: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) retry: Unsupported,
-    /// Rate limits on all traffic to the upstream: not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) rate_limit: Unsupported,
+    /// Rate limits on all traffic to the upstream, after each route's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) rate_limit: Vec<RateLimitConfig>,
 }
 
 fn round_robin() -> String {
@@ -603,9 +603,9 @@ pub(crate) struct RouteConfig {
     /// be held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) auth: Option<RouteAuthConfig>,
-    /// Rate limiting: not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) rate_limit: Unsupported,
+    /// Rate limits: every policy must admit the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) rate_limit: Vec<RateLimitConfig>,
     /// Response caching: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cache: Unsupported,
@@ -621,6 +621,79 @@ pub(crate) struct RouteConfig {
     /// REST to gRPC transcoding: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) grpc: Unsupported,
+}
+
+pub(crate) const DEFAULT_MAX_KEYS: u64 = 65_536;
+
+/// One entry of a route's or an upstream's `rate_limit`.
+///
+/// `GET /config` shows it with its defaults filled in and the keys of its store only.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitConfig {
+    /// What requests are counted by: `consumer`, `ip`, `route`, `header:NAME` or `global`.
+    /// Required.
+    pub(crate) key: String,
+    /// Requests per `per`, in the long run. At least 1. Required.
+    pub(crate) limit: u32,
+    /// The period of `limit`. Required.
+    pub(crate) per: Dur,
+    /// Requests that may pass at once. Default: `limit`.
+    #[serde(default)]
+    pub(crate) burst: Option<u32>,
+    /// `memory` (default) or `redis`.
+    #[serde(default)]
+    pub(crate) store: Option<String>,
+    /// `allow` (default) or `deny` when the store cannot decide; `store: redis` only.
+    #[serde(default)]
+    pub(crate) on_error: Option<String>,
+    /// Most keys tracked at once, rounded up to a power of two; `store: memory` only.
+    #[serde(default)]
+    pub(crate) max_keys: Option<u64>,
+}
+
+impl RateLimitConfig {
+    pub(crate) fn store(&self) -> &str {
+        self.store.as_deref().map_or("memory", str::trim)
+    }
+
+    pub(crate) fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.limit)
+    }
+
+    /// The number of slots the memory store has: `max_keys` rounded up to a power of two.
+    pub(crate) fn max_keys(&self) -> u64 {
+        self.max_keys
+            .unwrap_or(DEFAULT_MAX_KEYS)
+            .checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+impl Serialize for RateLimitConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        // As it runs: a header name in lower case.
+        match crate::ratelimit::limit_key(&self.key) {
+            Ok(key) => m.serialize_entry("key", &key.describe())?,
+            // Not a valid policy: the file does not load, so this is never shown.
+            Err(_) => m.serialize_entry("key", &self.key)?,
+        }
+        m.serialize_entry("limit", &self.limit)?;
+        m.serialize_entry("per", &self.per)?;
+        m.serialize_entry("burst", &self.burst())?;
+        m.serialize_entry("store", self.store())?;
+        if self.store() == "redis" {
+            m.serialize_entry(
+                "on_error",
+                self.on_error.as_deref().map_or("allow", str::trim),
+            )?;
+        } else {
+            m.serialize_entry("max_keys", &self.max_keys())?;
+        }
+        m.end()
+    }
 }
 
 /// A route's `auth`.

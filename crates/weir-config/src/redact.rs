@@ -16,6 +16,8 @@ const SECRET_KEYS: [&str; 6] = [
 ];
 /// A list of secrets: each entry is hidden.
 const SECRET_LISTS: [&str; 1] = ["api_keys"];
+/// Lists whose items' `key` is not a secret: a rate limit's `key` says what it counts by.
+const POLICY_LISTS: [&str; 1] = ["rate_limit"];
 
 const HIDDEN: &str = "***";
 
@@ -27,13 +29,29 @@ fn is_secret_list(key: &str) -> bool {
     SECRET_LISTS.iter().any(|k| k.eq_ignore_ascii_case(key))
 }
 
+fn is_policy_list(key: &str) -> bool {
+    POLICY_LISTS.iter().any(|k| k.eq_ignore_ascii_case(key))
+}
+
 /// Replaces every secret in `value` by `"***"`. Nulls and empty strings are kept: they show
 /// that no secret is set, and reveal nothing.
 pub(crate) fn redact(value: &mut Value) {
+    redact_in(value, false);
+}
+
+/// `policy`: `value` is an item of a rate limit list, whose `key` is shown.
+fn redact_in(value: &mut Value, policy: bool) {
     match value {
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
-                if is_secret_key(key) {
+                if policy && key == "key" {
+                    continue;
+                }
+                if is_policy_list(key)
+                    && let Value::Array(items) = v
+                {
+                    items.iter_mut().for_each(|i| redact_in(i, true));
+                } else if is_secret_key(key) {
                     hide(v);
                 } else if is_secret_list(key) {
                     match v {
@@ -60,22 +78,33 @@ fn hide(v: &mut Value) {
 /// Every secret value written in the tree (after interpolation), to scrub from messages.
 pub(crate) fn secrets(node: &Node) -> Vec<String> {
     let mut out = Vec::new();
-    collect(node, false, &mut out);
+    collect(node, false, false, &mut out);
     // Longest first, so a secret that contains another is replaced whole.
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));
     out.dedup();
     out
 }
 
-fn collect(node: &Node, secret: bool, out: &mut Vec<String>) {
+/// `policy`: `node` is an item of a rate limit list, whose `key` is not a secret.
+fn collect(node: &Node, secret: bool, policy: bool, out: &mut Vec<String>) {
     match &node.kind {
         Kind::Map(entries) => {
             for e in entries {
-                let child_secret = secret || is_secret_key(&e.key) || is_secret_list(&e.key);
-                collect(&e.value, child_secret, out);
+                let policy_key = policy && e.key == "key";
+                let child_secret =
+                    secret || (is_secret_key(&e.key) && !policy_key) || is_secret_list(&e.key);
+                if is_policy_list(&e.key)
+                    && let Kind::Seq(items) = &e.value.kind
+                {
+                    items
+                        .iter()
+                        .for_each(|i| collect(i, child_secret, true, out));
+                } else {
+                    collect(&e.value, child_secret, false, out);
+                }
             }
         }
-        Kind::Seq(items) => items.iter().for_each(|i| collect(i, secret, out)),
+        Kind::Seq(items) => items.iter().for_each(|i| collect(i, secret, false, out)),
         _ if secret => {
             // Very short values would scrub ordinary words out of messages; a secret that
             // short is not protecting anything anyway.
@@ -135,6 +164,32 @@ mod tests {
                                 "basic": { "username": "u", "password_hash": "***" } }],
                 "hash_key": "ip"
             })
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_key_is_not_a_secret() {
+        let mut v = json!({
+            "routes": [{ "rate_limit": [{ "key": "header:x-tenant", "limit": 1 }],
+                         "x": { "key": "k" } }]
+        });
+        redact(&mut v);
+        assert_eq!(
+            v,
+            json!({
+                "routes": [{ "rate_limit": [{ "key": "header:x-tenant", "limit": 1 }],
+                             "x": { "key": "***" } }]
+            })
+        );
+        let root = parse(
+            "routes: [{ rate_limit: [{ key: consumer }], x: { key: hunter22 } }]\n\
+             admin: { token: [{ key: nested-secret }] }\n",
+        )
+        .unwrap();
+        let s = secrets(&root);
+        assert_eq!(
+            scrub("consumers[0] hunter22 nested-secret", &s),
+            "consumers[0] *** ***"
         );
     }
 

@@ -12,6 +12,7 @@ use crate::access;
 use crate::checks::{duration, header_name, header_value, not_yet, regex, size, unsupported};
 use crate::model::{MatchConfig, RespondConfig, RouteConfig, TransformConfig};
 use crate::node::KeyPath;
+use crate::ratelimit;
 use crate::report::{Report, closest};
 
 /// Checks every route, then builds the table. The table is built from the routes that are
@@ -97,7 +98,6 @@ fn route_of(
 ) -> Option<Route> {
     let before = r.issues.len();
     for (key, value) in [
-        ("rate_limit", &cfg.rate_limit),
         ("cache", &cfg.cache),
         ("fallback", &cfg.fallback),
         ("grpc", &cfg.grpc),
@@ -119,6 +119,7 @@ fn route_of(
         None => Some(PathTransform::default()),
     };
     let access = access::build(cfg, path, provider_names, r);
+    let rate_limits = ratelimit::build(&cfg.rate_limit, &path.key("rate_limit"), r);
     if r.issues.len() != before {
         return None;
     }
@@ -132,6 +133,7 @@ fn route_of(
         max_body_bytes: max_body_bytes?,
         path_transform: path_transform?,
         access: access?,
+        rate_limits: rate_limits?,
     })
 }
 

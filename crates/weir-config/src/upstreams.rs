@@ -10,6 +10,7 @@ use weir_domain::upstream::{
 use crate::checks::{duration, not_yet, unsupported};
 use crate::model::{ActiveCheckConfig, UpstreamConfig};
 use crate::node::KeyPath;
+use crate::ratelimit;
 use crate::report::Report;
 use crate::settings::at_least_one;
 
@@ -61,12 +62,6 @@ fn upstream(
         &not_yet("circuit_breaker"),
     );
     unsupported(r, &path.key("retry"), &u.retry, &not_yet("retry"));
-    unsupported(
-        r,
-        &path.key("rate_limit"),
-        &u.rate_limit,
-        &not_yet("rate_limit"),
-    );
     let hc = path.key("health_check");
     unsupported(
         r,
@@ -118,6 +113,7 @@ fn upstream(
         Some(active) => active_check(active, &hc.key("active"), r).map(Some),
         None => Some(None),
     };
+    let rate_limits = ratelimit::build(&u.rate_limit, &path.key("rate_limit"), r);
     if r.issues.len() != before {
         return None;
     }
@@ -133,6 +129,7 @@ fn upstream(
             request: request?,
         },
         health_check: health_check?,
+        rate_limits: rate_limits?,
     })
 }
 

@@ -45,6 +45,7 @@ upstreams:
     timeouts: { connect: 2s, request: 30s }
     health_check:
       active: {}
+    rate_limit: [{ key: global, limit: 100, per: 1s }]
 routes:
   - name: a
     match: { host: example.com, path: /a, methods: [GET], headers: { X-A: b } }
@@ -54,6 +55,7 @@ routes:
     priority: 1
     auth: { providers: [keys], roles: [orders:read] }
     ip: { allow: [10.0.0.0/8], deny: [10.0.0.1] }
+    rate_limit: [{ key: ip, limit: 10, per: 1m, burst: 5, store: memory, max_keys: 1024 }]
     cors: { origins: ['https://app.example.com'], methods: [GET], headers: [Authorization],
             expose_headers: [X-Request-Id], credentials: true, max_age: 10m }
     transform:
@@ -80,8 +82,6 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "upstreams.<name>.health_check.passive",
     "upstreams.<name>.circuit_breaker",
     "upstreams.<name>.retry",
-    "upstreams.<name>.rate_limit",
-    "routes[].rate_limit",
     "routes[].cache",
     "routes[].fallback",
     "routes[].grpc",

@@ -249,3 +249,38 @@ fn auth_example_builds_what_its_comments_say() {
         "{text}"
     );
 }
+
+#[test]
+fn rate_limits_example_builds_what_its_comments_say() {
+    use std::time::Duration;
+    use weir_domain::ratelimit::{LimitKey, LimitStore};
+
+    let l = example("rate-limits.yaml");
+    let by_name = |n: &str| l.routes.routes().iter().find(|r| r.name == n).unwrap();
+    let orders = &by_name("orders").rate_limits;
+    assert_eq!(orders[0].key, LimitKey::Consumer);
+    assert_eq!((orders[0].limit, orders[0].burst), (600, 50));
+    assert_eq!(orders[1].key, LimitKey::Header("x-tenant".into()));
+    assert_eq!(orders[1].max_keys, 1024, "1000 is rounded up");
+    // `limit: 10, per: 1m`: 10 at once (burst = limit), then one every 6 s.
+    let public = &by_name("public").rate_limits;
+    assert_eq!(public.len(), 1);
+    assert_eq!((public[0].key.clone(), public[0].burst), (LimitKey::Ip, 10));
+    assert_eq!(public[0].rate().interval, 6_000_000_000);
+    assert_eq!(public[0].max_keys, 65_536);
+    let search = &by_name("search").rate_limits;
+    assert_eq!(search[1].burst, 1);
+    assert_eq!(search[1].per, Duration::from_secs(1));
+    assert!(
+        l.routes
+            .routes()
+            .iter()
+            .flat_map(|r| &r.rate_limits)
+            .all(|p| p.store == LimitStore::Memory)
+    );
+    let upstream = |n: &str| l.upstreams.iter().find(|u| u.name == n).unwrap();
+    let global = &upstream("orders").rate_limits[0];
+    assert_eq!(global.key, LimitKey::Global);
+    assert_eq!((global.limit, global.burst), (500, 100));
+    assert_eq!(upstream("public").rate_limits[0].key, LimitKey::Route);
+}

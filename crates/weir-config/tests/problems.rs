@@ -365,11 +365,11 @@ upstreams:
     health_check: { passive: {} }
     circuit_breaker: {}
     retry: { attempts: 3 }
-    rate_limit: []
+    rate_limit: [{ key: global, limit: 100, per: 1s, store: redis }]
 routes:
   - name: r
     upstream: users
-    rate_limit: []
+    rate_limit: [{ key: ip, limit: 10, per: 1s, store: redis, on_error: deny }]
     cache: {}
     fallback: {}
     grpc: {}
@@ -391,8 +391,8 @@ routes:
         "weir.yaml:16:21: upstreams.users.health_check.passive: passive health checks are not supported yet",
         "weir.yaml:17:5: upstreams.users.circuit_breaker: `circuit_breaker` is not supported yet",
         "weir.yaml:18:5: upstreams.users.retry: `retry` is not supported yet",
-        "weir.yaml:19:5: upstreams.users.rate_limit: `rate_limit` is not supported yet",
-        "weir.yaml:23:5: routes[0].rate_limit: `rate_limit` is not supported yet",
+        "weir.yaml:19:61: upstreams.users.rate_limit[0].store: `store: redis` is not supported yet",
+        "weir.yaml:23:56: routes[0].rate_limit[0].store: `store: redis` is not supported yet",
         "weir.yaml:24:5: routes[0].cache: `cache` is not supported yet",
         "weir.yaml:25:5: routes[0].fallback: `fallback` is not supported yet",
         "weir.yaml:26:5: routes[0].grpc: `grpc` is not supported yet",

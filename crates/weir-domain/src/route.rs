@@ -446,6 +446,8 @@ pub struct Route {
     pub path_transform: PathTransform,
     /// Who may call the route (`auth`, `ip`, `cors`); `None` when open.
     pub access: Access,
+    /// `rate_limit`: every policy must admit the request.
+    pub rate_limits: Vec<crate::ratelimit::RateLimitPolicy>,
 }
 
 /// A route's edge policies, in the order they run: IP lists, CORS, authentication.

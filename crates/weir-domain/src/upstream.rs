@@ -203,6 +203,8 @@ pub struct Upstream {
     pub protocol: Protocol,
     pub timeouts: Timeouts,
     pub health_check: Option<ActiveHealthCheck>,
+    /// `rate_limit`: applies to every route to this upstream, after the route's own.
+    pub rate_limits: Vec<crate::ratelimit::RateLimitPolicy>,
 }
 
 impl Upstream {

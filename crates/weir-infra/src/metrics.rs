@@ -145,6 +145,10 @@ pub struct RouteMetrics {
     pub duration: Histogram,
     /// `weir_auth_failures_total`, by `AuthFailure::index`.
     pub auth_failures: [AtomicU64; AuthFailure::ALL.len()],
+    /// `weir_rate_limited_total`.
+    pub rate_limited: AtomicU64,
+    /// `weir_rate_limit_overflow_total`: decisions made in a policy's shared overflow bucket.
+    pub rate_overflow: AtomicU64,
 }
 
 /// Per-target metrics.
@@ -226,6 +230,26 @@ pub fn render_routes<'a>(
             "weir_request_duration_seconds",
             &format!("route=\"{}\"", label(name)),
         );
+    }
+    for (metric, help, read) in [
+        (
+            "weir_rate_limited_total",
+            "Requests refused by a rate limit, by route.",
+            (|m: &RouteMetrics| m.rate_limited.load(Ordering::Relaxed)) as fn(&RouteMetrics) -> u64,
+        ),
+        (
+            "weir_rate_limit_overflow_total",
+            "Rate-limit decisions for keys that found no free slot and shared the overflow bucket.",
+            |m: &RouteMetrics| m.rate_overflow.load(Ordering::Relaxed),
+        ),
+    ] {
+        family(out, metric, "counter", help);
+        for (name, m) in routes.clone() {
+            let n = read(m);
+            if n > 0 {
+                let _ = writeln!(out, "{metric}{{route=\"{}\"}} {n}", label(name));
+            }
+        }
     }
     family(
         out,

@@ -190,6 +190,12 @@ impl Finish {
                 self.status,
             ));
         route_metrics.duration.observe(elapsed);
+        if self.exchange.rate_limited {
+            route_metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.exchange.rate_overflow {
+            route_metrics.rate_overflow.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(f) = self.exchange.auth_failure {
             route_metrics.auth_failures[f.index()].fetch_add(1, Ordering::Relaxed);
         }

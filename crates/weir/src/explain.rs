@@ -51,6 +51,24 @@ fn steps(
             out.push(format!("roles all of {}", auth.roles.join(", ")));
         }
     }
+    let upstream_limits = match &route.action {
+        RouteAction::Upstream(id) => upstreams.get(id.0).map_or(&[][..], |u| &u.rate_limits[..]),
+        RouteAction::Respond(_) => &[],
+    };
+    for (owner, p) in route
+        .rate_limits
+        .iter()
+        .map(|p| ("route", p))
+        .chain(upstream_limits.iter().map(|p| ("upstream", p)))
+    {
+        out.push(format!(
+            "rate_limit ({owner}) {} per {:?} by {}, burst {}",
+            p.limit,
+            p.per,
+            p.key.describe(),
+            p.burst
+        ));
+    }
     out.push(format!(
         "body_limit {} bytes",
         route.max_body_bytes.unwrap_or(default_max_body)

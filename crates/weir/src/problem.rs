@@ -33,6 +33,9 @@ pub fn response(err: &GatewayError, request_id: &HeaderValue) -> Response<Body> 
     for challenge in err.challenges.iter().flat_map(|c| c.iter()) {
         h.append(header::WWW_AUTHENTICATE, challenge.clone());
     }
+    if let Some(secs) = err.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if let Some(allow) = err.allow {
         let list = allow.names().collect::<Vec<_>>().join(", ");
         if let Ok(v) = HeaderValue::from_str(&list) {

@@ -82,7 +82,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     };
     snapshot
         .gateway
-        .apply_cors(&mut exchange, response.headers_mut());
+        .decorate(&mut exchange, response.headers_mut());
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, exchange.request_id.clone());

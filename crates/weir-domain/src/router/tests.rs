@@ -100,6 +100,7 @@ fn table(specs: Vec<R>) -> RouteTable {
             max_body_bytes: None,
             path_transform: PathTransform::default(),
             access: crate::route::Access::default(),
+            rate_limits: Vec::new(),
         })
         .collect();
     RouteTable::build(routes).unwrap()
@@ -266,6 +267,7 @@ fn conflicts_are_reported() {
                 max_body_bytes: None,
                 path_transform: PathTransform::default(),
                 access: crate::route::Access::default(),
+                rate_limits: Vec::new(),
             })
             .collect();
         RouteTable::build(routes)

@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod idp;
+pub mod limits;
 mod process;
 mod raw;
 
