@@ -1,8 +1,10 @@
 //! Rate limits in the pipeline: each request's key per policy, and all-or-nothing admission
-//! over a route's policies and then its upstream's. The arithmetic (GCRA) and the state
-//! (a fixed lock-free table per policy) are the domain's; this module decides which bucket
-//! a request falls in and what the client is told.
+//! over a route's policies and then its upstream's. The arithmetic (GCRA) and the memory
+//! store (a fixed lock-free table per policy) are the domain's; `store: redis` policies are
+//! decided together in one call through the [`SharedLimiter`] port. This module decides
+//! which bucket a request falls in and what the client is told.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use weir_domain::ErrorKind;
 use weir_domain::auth::Principal;
 use weir_domain::limiter::{LimitTable, Taken};
-use weir_domain::ratelimit::{LimitKey, Rate, RateLimitPolicy, ceil_secs};
+use weir_domain::ratelimit::{LimitKey, LimitStore, OnError, Rate, RateLimitPolicy, ceil_secs};
 use weir_domain::route::{Route, RouteAction};
 use weir_domain::upstream::Upstream;
 
@@ -23,6 +25,35 @@ pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-rese
 
 /// Most policies a request is checked against (a route's plus its upstream's).
 pub(crate) const MAX_POLICIES: usize = 16;
+
+/// One `store: redis` decision's input: the key (stable across processes) and the rate.
+#[derive(Clone, Debug)]
+pub struct SharedCheck {
+    pub key: Vec<u8>,
+    pub rate: Rate,
+}
+
+/// The shared store's answer for all the checks of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SharedAnswer {
+    /// Every check admitted: `(remaining, reset_after_ns)` per check, in order.
+    Admitted(Vec<(u32, u64)>),
+    /// Check `index` refused; nothing was recorded.
+    Refused {
+        index: usize,
+        retry_after_ns: u64,
+        reset_after_ns: u64,
+    },
+}
+
+/// The store shared by every weir (Redis): decides all of a request's checks at once.
+pub trait SharedLimiter: Send + Sync + 'static {
+    /// `Err` when the store cannot decide in time; each policy's `on_error` then applies.
+    fn decide<'a>(
+        &'a self,
+        checks: &'a [SharedCheck],
+    ) -> impl Future<Output = Result<SharedAnswer, ()>> + Send + 'a;
+}
 
 /// What the client is told about the tightest policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +74,11 @@ struct Limit {
     route_tag: Option<u32>,
     /// `limit of 10 per 1m for ip exceeded`.
     detail: Arc<str>,
+    store: LimitStore,
+    on_error: OnError,
+    /// The policy's name in the shared store, the same in every weir: `r:<route>:<i>` or
+    /// `u:<upstream>:<i>`.
+    shared_id: Arc<str>,
 }
 
 /// A route's policies, its own first, then its upstream's.
@@ -58,7 +94,7 @@ pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<Rout
         .map(|u| {
             u.rate_limits
                 .iter()
-                .map(|p| Arc::new(LimitTable::new(p.max_keys)))
+                .map(|p| Arc::new(LimitTable::new(table_size(p))))
                 .collect()
         })
         .collect();
@@ -68,15 +104,23 @@ pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<Rout
             let mut limits: Vec<Limit> = route
                 .rate_limits
                 .iter()
-                .map(|p| limit(p, Arc::new(LimitTable::new(p.max_keys)), None))
+                .enumerate()
+                .map(|(i, p)| {
+                    let id = format!("r:{}:{i}", route.name);
+                    limit(p, Arc::new(LimitTable::new(table_size(p))), None, id)
+                })
                 .collect();
             if let RouteAction::Upstream(id) = &route.action
                 && let (Some(u), Some(tables)) = (upstreams.get(id.0), upstream_tables.get(id.0))
             {
-                for (p, table) in u.rate_limits.iter().zip(tables) {
+                for (i, (p, table)) in u.rate_limits.iter().zip(tables).enumerate() {
                     let tag = (p.key == LimitKey::Route)
                         .then(|| u32::try_from(route.index).unwrap_or(u32::MAX));
-                    limits.push(limit(p, Arc::clone(table), tag));
+                    let id = match tag {
+                        Some(_) => format!("u:{}:{i}:{}", u.name, route.name),
+                        None => format!("u:{}:{i}", u.name),
+                    };
+                    limits.push(limit(p, Arc::clone(table), tag, id));
                 }
             }
             if limits.len() > MAX_POLICIES {
@@ -90,12 +134,23 @@ pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<Rout
         .collect()
 }
 
-fn limit(p: &RateLimitPolicy, table: Arc<LimitTable>, route_tag: Option<u32>) -> Limit {
+/// A Redis policy keeps no local state; its table only lends the key hashing.
+fn table_size(p: &RateLimitPolicy) -> usize {
+    match p.store {
+        LimitStore::Memory => p.max_keys,
+        LimitStore::Redis => 0,
+    }
+}
+
+fn limit(p: &RateLimitPolicy, table: Arc<LimitTable>, route_tag: Option<u32>, id: String) -> Limit {
     Limit {
         table,
         rate: p.rate(),
         key: p.key.clone(),
         route_tag,
+        store: p.store,
+        on_error: p.on_error,
+        shared_id: Arc::from(id),
         detail: Arc::from(format!(
             "limit of {} per {} for {} exceeded",
             p.limit,
@@ -134,6 +189,8 @@ pub(crate) struct Admission {
     pub(crate) info: Option<RateInfo>,
     /// Some key found no slot and shared the overflow bucket.
     pub(crate) overflowed: bool,
+    /// The shared store could not decide; `on_error` applied.
+    pub(crate) store_failed: bool,
 }
 
 impl RouteLimits {
@@ -142,60 +199,135 @@ impl RouteLimits {
     }
 
     /// Admits the request only if every policy does; a refusal gives back what the earlier
-    /// policies took, so a refused request consumes nothing.
-    pub(crate) fn admit(
+    /// memory policies took, so a refused request consumes nothing. Memory policies are
+    /// decided here; `store: redis` ones together in one call to `shared`.
+    pub(crate) async fn admit<S: SharedLimiter>(
         &self,
         caller: &Caller<'_>,
+        shared: &S,
         out: &mut Admission,
     ) -> Result<(), GatewayError> {
         let now = now_nanos();
         let mut taken: [Option<Taken>; MAX_POLICIES] = [None; MAX_POLICIES];
         let mut tightest: Option<RateInfo> = None;
+        let mut remote: Vec<(usize, SharedCheck)> = Vec::new();
         for (i, limit) in self.limits.iter().enumerate() {
-            let key = limit.key_of(caller);
+            if limit.store == LimitStore::Redis {
+                let key = limit.with_key(caller, |tag, bytes| limit.shared_key(tag, bytes));
+                remote.push((
+                    i,
+                    SharedCheck {
+                        key,
+                        rate: limit.rate,
+                    },
+                ));
+                continue;
+            }
+            let key = limit.with_key(caller, |tag, bytes| limit.table.key(tag, bytes));
             let (decision, took, overflowed) = limit.table.acquire(key, &limit.rate, now);
             out.overflowed |= overflowed;
-            let info = RateInfo {
-                limit: limit.rate.limit,
-                remaining: decision.remaining,
-                reset: ceil_secs(decision.reset_after),
-            };
+            let info = info(limit, decision.remaining, decision.reset_after);
             if !decision.allowed {
-                for (j, t) in taken.iter().enumerate().take(i) {
-                    if let Some(t) = t {
-                        self.limits[j].table.release(*t, &self.limits[j].rate);
-                    }
-                }
+                self.give_back(&taken);
                 out.info = Some(info);
-                let mut err = GatewayError::new(ErrorKind::RateLimited, limit.detail.to_string());
-                err.retry_after = Some(ceil_secs(decision.retry_after).max(1));
-                return Err(err);
+                return Err(refusal(limit, decision.retry_after));
             }
             if let Some(slot) = taken.get_mut(i) {
                 *slot = Some(took);
             }
-            if tightest.is_none_or(|t| {
-                (info.remaining, std::cmp::Reverse(info.reset))
-                    < (t.remaining, std::cmp::Reverse(t.reset))
-            }) {
-                tightest = Some(info);
+            tightest = tighter(tightest, info);
+        }
+        if !remote.is_empty() {
+            let checks: Vec<SharedCheck> = remote.iter().map(|(_, c)| c.clone()).collect();
+            match shared.decide(&checks).await {
+                Ok(SharedAnswer::Admitted(answers)) => {
+                    for ((i, _), (remaining, reset)) in remote.iter().zip(answers) {
+                        tightest = tighter(tightest, info(&self.limits[*i], remaining, reset));
+                    }
+                }
+                Ok(SharedAnswer::Refused {
+                    index,
+                    retry_after_ns,
+                    reset_after_ns,
+                }) => {
+                    self.give_back(&taken);
+                    let limit = &self.limits[remote.get(index).map_or(0, |(i, _)| *i)];
+                    out.info = Some(info(limit, 0, reset_after_ns));
+                    return Err(refusal(limit, retry_after_ns));
+                }
+                Err(()) => {
+                    out.store_failed = true;
+                    let deny = remote
+                        .iter()
+                        .find(|(i, _)| self.limits[*i].on_error == OnError::Deny);
+                    if let Some((i, _)) = deny {
+                        self.give_back(&taken);
+                        let mut err = GatewayError::new(
+                            ErrorKind::RateLimited,
+                            format!(
+                                "{}: the rate-limit store cannot decide and the policy denies on error",
+                                self.limits[*i].detail.trim_end_matches(" exceeded")
+                            ),
+                        );
+                        err.retry_after = Some(1);
+                        return Err(err);
+                    }
+                }
             }
         }
         out.info = tightest;
         Ok(())
     }
+
+    fn give_back(&self, taken: &[Option<Taken>; MAX_POLICIES]) {
+        for (limit, t) in self.limits.iter().zip(taken) {
+            if let Some(t) = t {
+                limit.table.release(*t, &limit.rate);
+            }
+        }
+    }
 }
 
+fn info(limit: &Limit, remaining: u32, reset_after: u64) -> RateInfo {
+    RateInfo {
+        limit: limit.rate.limit,
+        remaining,
+        reset: ceil_secs(reset_after),
+    }
+}
+
+/// The tighter of two: fewer remaining, then the later reset.
+fn tighter(current: Option<RateInfo>, info: RateInfo) -> Option<RateInfo> {
+    match current {
+        Some(t)
+            if (t.remaining, std::cmp::Reverse(t.reset))
+                <= (info.remaining, std::cmp::Reverse(info.reset)) =>
+        {
+            Some(t)
+        }
+        _ => Some(info),
+    }
+}
+
+fn refusal(limit: &Limit, retry_after: u64) -> GatewayError {
+    let mut err = GatewayError::new(ErrorKind::RateLimited, limit.detail.to_string());
+    err.retry_after = Some(ceil_secs(retry_after).max(1));
+    err
+}
+
+/// Longest key material kept in a shared key; longer header values share by this prefix.
+const MAX_SHARED_KEY: usize = 256;
+
 impl Limit {
-    fn key_of(&self, caller: &Caller<'_>) -> u64 {
-        let t = &self.table;
+    /// Calls `f` with the request's key for this policy: a tag byte and the key bytes.
+    fn with_key<R>(&self, caller: &Caller<'_>, f: impl FnOnce(u8, &[u8]) -> R) -> R {
         match &self.key {
             LimitKey::Consumer => match caller.principal {
-                Some(p) => t.key(b'c', p.name.as_bytes()),
-                None => ip_key(t, caller.ip),
+                Some(p) => f(b'c', p.name.as_bytes()),
+                None => with_ip(caller.ip, f),
             },
-            LimitKey::Ip => ip_key(t, caller.ip),
-            LimitKey::Header(name) => t.key(
+            LimitKey::Ip => with_ip(caller.ip, f),
+            LimitKey::Header(name) => f(
                 b'h',
                 caller
                     .headers
@@ -203,18 +335,36 @@ impl Limit {
                     .map_or(&[][..], HeaderValue::as_bytes),
             ),
             LimitKey::Route => match self.route_tag {
-                Some(r) => t.key(b'r', &r.to_le_bytes()),
-                None => t.key(b'g', &[]),
+                Some(r) => f(b'r', &r.to_le_bytes()),
+                None => f(b'g', &[]),
             },
-            LimitKey::Global => t.key(b'g', &[]),
+            LimitKey::Global => f(b'g', &[]),
         }
+    }
+
+    /// `weir:rl:{<policy>:<tag><hex key>}`: the same in every weir, one cluster slot per key
+    /// (the braces are the hash tag), and no byte of the key can break out of it.
+    fn shared_key(&self, tag: u8, bytes: &[u8]) -> Vec<u8> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let bytes = &bytes[..bytes.len().min(MAX_SHARED_KEY)];
+        let mut key = Vec::with_capacity(12 + self.shared_id.len() + 2 * bytes.len());
+        key.extend_from_slice(b"weir:rl:{");
+        key.extend_from_slice(self.shared_id.as_bytes());
+        key.push(b':');
+        key.push(tag);
+        for b in bytes {
+            key.push(HEX[usize::from(b >> 4)]);
+            key.push(HEX[usize::from(b & 15)]);
+        }
+        key.push(b'}');
+        key
     }
 }
 
-fn ip_key(t: &LimitTable, ip: IpAddr) -> u64 {
+fn with_ip<R>(ip: IpAddr, f: impl FnOnce(u8, &[u8]) -> R) -> R {
     match ip {
-        IpAddr::V4(v4) => t.key(b'i', &v4.octets()),
-        IpAddr::V6(v6) => t.key(b'i', &v6.octets()),
+        IpAddr::V4(v4) => f(b'i', &v4.octets()),
+        IpAddr::V6(v6) => f(b'i', &v6.octets()),
     }
 }
 

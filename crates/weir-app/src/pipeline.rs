@@ -23,7 +23,7 @@ use crate::body::LimitedBody;
 use crate::error::GatewayError;
 use crate::forward::{ForwardError, Forwarder};
 use crate::headers;
-use crate::limits::{Admission, Caller, RateInfo, RouteLimits};
+use crate::limits::{Admission, Caller, RateInfo, RouteLimits, SharedLimiter};
 use crate::request_id;
 
 /// One connection's facts, computed once when it is accepted.
@@ -76,6 +76,8 @@ pub struct Exchange {
     pub rate_limited: bool,
     /// A rate-limit key found no slot and shared the overflow bucket.
     pub rate_overflow: bool,
+    /// The shared rate-limit store could not decide (`weir_rate_limit_store_errors_total`).
+    pub rate_store_failed: bool,
 }
 
 impl Exchange {
@@ -94,6 +96,7 @@ impl Exchange {
             rate: None,
             rate_limited: false,
             rate_overflow: false,
+            rate_store_failed: false,
         }
     }
 }
@@ -112,7 +115,7 @@ pub enum Outcome<R> {
 
 /// What a [`Gateway`] is assembled from.
 #[derive(Debug)]
-pub struct Parts<F, A> {
+pub struct Parts<F, A, S> {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
     /// One forwarder per upstream (same index).
@@ -120,6 +123,8 @@ pub struct Parts<F, A> {
     /// The identity providers, indexed by `ProviderId`, and their verifier.
     pub providers: Vec<Provider>,
     pub authenticator: A,
+    /// The store of `store: redis` rate limits.
+    pub shared_limiter: S,
     pub trusted_proxies: Vec<Cidr>,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
@@ -127,7 +132,7 @@ pub struct Parts<F, A> {
 
 /// One config generation's request pipeline: routes, upstreams and their forwarders.
 #[derive(Debug)]
-pub struct Gateway<F, A> {
+pub struct Gateway<F, A, S> {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
     /// One forwarder per upstream (same index), each with its own connection pool.
@@ -139,22 +144,24 @@ pub struct Gateway<F, A> {
     pub max_body_bytes: u64,
     pub providers: Vec<Provider>,
     pub authenticator: A,
+    pub shared_limiter: S,
     /// Per route (same index), its access answers prebuilt.
     access: Vec<RouteAccess>,
     /// Per route (same index), its rate limits and their state.
     limits: Vec<RouteLimits>,
 }
 
-impl<F, A> Gateway<F, A> {
+impl<F, A, S> Gateway<F, A, S> {
     /// Assembles a pipeline. Target authorities were validated by the config layer; one that
     /// still fails to parse is a bug reported here rather than per request.
-    pub fn new(parts: Parts<F, A>) -> Result<Self, String> {
+    pub fn new(parts: Parts<F, A, S>) -> Result<Self, String> {
         let Parts {
             routes,
             upstreams,
             forwarders,
             providers,
             authenticator,
+            shared_limiter,
             trusted_proxies,
             max_header_bytes,
             max_body_bytes,
@@ -187,6 +194,7 @@ impl<F, A> Gateway<F, A> {
             max_body_bytes,
             providers,
             authenticator,
+            shared_limiter,
             access,
             limits,
         })
@@ -230,7 +238,7 @@ impl RequestHead for Head<'_> {
     }
 }
 
-impl<F, A: Authenticator> Gateway<F, A> {
+impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
     /// Takes a request from the edge to an upstream response (or a static one).
     pub async fn handle<B>(
         &self,
@@ -320,9 +328,12 @@ impl<F, A: Authenticator> Gateway<F, A> {
                 headers: req.headers(),
             };
             let mut admission = Admission::default();
-            let admitted = route_limits.admit(&caller, &mut admission);
+            let admitted = route_limits
+                .admit(&caller, &self.shared_limiter, &mut admission)
+                .await;
             ex.rate = admission.info;
             ex.rate_overflow = admission.overflowed;
+            ex.rate_store_failed = admission.store_failed;
             if let Err(e) = admitted {
                 ex.rate_limited = true;
                 return Err(e);

@@ -177,6 +177,17 @@ pub struct Settings {
     pub workers: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// The Redis for `store: redis` rate limits, when configured.
+    pub redis: Option<RedisSettings>,
+}
+
+/// The top-level `redis` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// One URL for a single server; the seed nodes for a cluster. May hold a password.
+    pub urls: Vec<weir_domain::auth::Secret>,
+    pub cluster: bool,
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,6 +308,7 @@ pub fn load_str_in(
     let names: Vec<&str> = cfg.upstreams.iter().map(|(n, _)| n.as_str()).collect();
     let provider_names: Vec<&str> = cfg.auth.providers.iter().map(|(n, _)| n.as_str()).collect();
     let routes = routes::build(&cfg.routes, &names, &provider_names, &mut report);
+    ratelimit::check_stores(&cfg, &mut report);
 
     if !report.is_clean() {
         return Err(problems(name, &root, report.issues, &unset));

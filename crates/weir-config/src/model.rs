@@ -37,6 +37,9 @@ pub(crate) struct FileConfig {
     /// Named groups of targets, in file order (their order is their id).
     #[serde(serialize_with = "serialize_pairs")]
     pub(crate) upstreams: Vec<(String, Option<UpstreamConfig>)>,
+    /// The Redis for `store: redis` rate limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) redis: Option<RedisConfig>,
     /// Identity providers, by name in file order (their order is their id).
     pub(crate) auth: AuthConfig,
     /// Identities for `api_key` and `basic` providers. `None` items did not type.
@@ -57,6 +60,7 @@ impl Default for FileConfig {
             workers: 0,
             shutdown_grace: Dur::default_of("30s"),
             upstreams: Vec::new(),
+            redis: None,
             auth: AuthConfig::default(),
             consumers: Vec::new(),
             routes: Vec::new(),
@@ -85,7 +89,54 @@ pub(crate) const TOP_LEVEL: &[&str] = &[
 ];
 
 /// Top-level sections recognised but not supported yet.
-pub(crate) const UNSUPPORTED_TOP_LEVEL: &[&str] = &["redis", "etcd", "consul"];
+pub(crate) const UNSUPPORTED_TOP_LEVEL: &[&str] = &["etcd", "consul"];
+
+/// The Redis shared by every weir, for `store: redis` rate limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RedisConfig {
+    /// `redis://[:password@]host[:port][/db]` or `rediss://` (TLS) for a single server.
+    #[serde(serialize_with = "masked_url", skip_serializing_if = "Option::is_none")]
+    pub(crate) url: Option<String>,
+    /// Seed nodes of a Redis Cluster, each a URL like `url`; instead of `url`.
+    #[serde(serialize_with = "masked_urls", skip_serializing_if = "Vec::is_empty")]
+    pub(crate) cluster: Vec<String>,
+    /// Longest wait for one decision; past it, the policy's `on_error` applies.
+    pub(crate) timeout: Dur,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            cluster: Vec::new(),
+            timeout: Dur::default_of("50ms"),
+        }
+    }
+}
+
+/// A URL with any password replaced by `***`, for `/config`.
+pub(crate) fn mask_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn masked_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&mask_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
+fn masked_urls<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| mask_url(u)))
+}
 
 const fn yes() -> bool {
     true

@@ -2,8 +2,8 @@
 
 use weir_domain::ratelimit::{LimitKey, LimitStore, OnError, RateLimitPolicy};
 
-use crate::checks::{duration, header_name, not_yet};
-use crate::model::RateLimitConfig;
+use crate::checks::{duration, header_name};
+use crate::model::{FileConfig, RateLimitConfig};
 use crate::node::KeyPath;
 use crate::report::{Report, closest};
 use crate::settings::at_least_one;
@@ -15,6 +15,9 @@ pub(crate) const MAX_MAX_KEYS: u64 = 1 << 24;
 /// The key kinds, in the order messages list them.
 const KINDS: &str = "consumer, ip, route, header:NAME, global";
 const PLAIN_KINDS: [&str; 4] = ["consumer", "ip", "route", "global"];
+
+/// The longest burst window (`per / limit × burst`) the Redis script keeps exact: 2^52 ns.
+const MAX_REDIS_TOLERANCE_NANOS: u128 = 1 << 52;
 
 /// The finest spacing of requests of one key that GCRA on a nanosecond clock keeps exact.
 const MIN_INTERVAL_NANOS: u128 = 1_000;
@@ -68,10 +71,7 @@ fn policy(c: &RateLimitConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Rat
     let kind = c.store();
     let store = match kind {
         "memory" => Some(LimitStore::Memory),
-        "redis" => {
-            r.at(&path.key("store"), not_yet("store: redis"));
-            None
-        }
+        "redis" => Some(LimitStore::Redis),
         other => {
             r.at(
                 &path.key("store"),
@@ -132,6 +132,16 @@ fn policy(c: &RateLimitConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Rat
             r.at(&path.key(at), "per / limit × burst must be under 584 years");
         }
     }
+    if let (Some(LimitStore::Redis), Some(limit), Some(per), Some(burst)) =
+        (store, limit, per, burst)
+        && per.as_nanos() / u128::from(limit) * u128::from(burst) > MAX_REDIS_TOLERANCE_NANOS
+    {
+        // The Lua script computes in doubles, exact below 2^53 nanoseconds.
+        r.at(
+            &path.key("per"),
+            "with store: redis, per / limit × burst must be under 52 days",
+        );
+    }
     if r.issues.len() != before {
         return None;
     }
@@ -144,6 +154,32 @@ fn policy(c: &RateLimitConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Rat
         on_error: on_error?,
         max_keys: max_keys?,
     })
+}
+
+/// Every `store: redis` policy needs the top-level `redis` section.
+pub(crate) fn check_stores(cfg: &FileConfig, r: &mut Report<'_>) {
+    if cfg.redis.is_some() {
+        return;
+    }
+    let root = KeyPath::root();
+    let routes = cfg.routes.iter().enumerate().filter_map(|(i, c)| {
+        c.as_ref()
+            .map(|c| (root.key("routes").index(i), &c.rate_limit))
+    });
+    let upstreams = cfg.upstreams.iter().filter_map(|(name, c)| {
+        c.as_ref()
+            .map(|c| (root.key("upstreams").key(name), &c.rate_limit))
+    });
+    for (at, list) in routes.chain(upstreams) {
+        for (i, p) in list.iter().enumerate() {
+            if p.store() == "redis" {
+                r.at(
+                    &at.key("rate_limit").index(i).key("store"),
+                    "store: redis needs the top-level `redis` section (url or cluster)",
+                );
+            }
+        }
+    }
 }
 
 /// `consumer`, `ip`, `route`, `global` or `header:NAME` (the name stored in lower case).

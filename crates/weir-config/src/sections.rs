@@ -53,6 +53,11 @@ pub(crate) fn read(root: &Node, issues: &RefCell<Vec<Issue>>) -> FileConfig {
             "shutdown_grace" => set(&mut cfg.shutdown_grace, node, &path, issues),
             "upstreams" => cfg.upstreams = named(node, &path, "upstreams", issues),
             "auth" => cfg.auth = auth(node, &path, issues),
+            "redis" => {
+                let mut redis = crate::model::RedisConfig::default();
+                set(&mut redis, node, &path, issues);
+                cfg.redis = Some(redis);
+            }
             "consumers" => cfg.consumers = list(node, &path, issues),
             "routes" => cfg.routes = list(node, &path, issues),
             _ if UNSUPPORTED_TOP_LEVEL.contains(&key) => push(

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use weir_domain::net::Cidr;
 
 use crate::checks::{duration, not_yet, size, socket_addr, unsupported};
-use crate::model::{FileConfig, LimitsConfig, ObservabilityConfig};
+use crate::model::{FileConfig, LimitsConfig, ObservabilityConfig, RedisConfig};
 use crate::node::KeyPath;
 use crate::report::Report;
 use crate::{
     AccessLogSettings, AccessLogTarget, AdminSettings, Limits, ListenerSettings, LogFormat,
-    LogSettings, Settings,
+    LogSettings, RedisSettings, Settings,
 };
 
 pub(crate) const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
@@ -41,6 +41,10 @@ pub(crate) fn build(cfg: &FileConfig, r: &mut Report<'_>) -> Option<Settings> {
         }
     }
     let shutdown_grace = duration(r, &root.key("shutdown_grace"), &cfg.shutdown_grace, false);
+    let redis = match &cfg.redis {
+        Some(c) => redis(c, &root.key("redis"), r).map(Some),
+        None => Some(None),
+    };
     Some(Settings {
         listeners: listeners?,
         limits: limits?,
@@ -50,6 +54,7 @@ pub(crate) fn build(cfg: &FileConfig, r: &mut Report<'_>) -> Option<Settings> {
         trusted_proxies: trusted_proxies?,
         workers: cfg.workers,
         shutdown_grace: shutdown_grace?,
+        redis: redis?,
     })
 }
 
@@ -235,4 +240,63 @@ fn observability(
         target,
     });
     (log, access_log)
+}
+
+/// `redis`: exactly one of `url` and `cluster`, each URL `redis://` or `rediss://`.
+fn redis(c: &RedisConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<RedisSettings> {
+    let before = r.issues.len();
+    let timeout = duration(r, &path.key("timeout"), &c.timeout, true);
+    let (urls, cluster) = match (&c.url, c.cluster.is_empty()) {
+        (Some(u), true) => (vec![(path.key("url"), u)], false),
+        (None, false) => (
+            c.cluster
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (path.key("cluster").index(i), u))
+                .collect(),
+            true,
+        ),
+        (Some(_), false) => {
+            r.at_key(&path.key("cluster"), "give `url` or `cluster`, not both");
+            (Vec::new(), false)
+        }
+        (None, true) => {
+            r.at(
+                path,
+                "`redis` needs `url` (one server) or `cluster` (seed nodes)",
+            );
+            (Vec::new(), false)
+        }
+    };
+    for (at, url) in &urls {
+        if let Err(e) = redis_url(url) {
+            r.at(at, e);
+        }
+    }
+    if r.issues.len() != before {
+        return None;
+    }
+    Some(RedisSettings {
+        urls: urls
+            .into_iter()
+            .map(|(_, u)| weir_domain::auth::Secret::new(u.trim().to_owned()))
+            .collect(),
+        cluster,
+        timeout: timeout?,
+    })
+}
+
+/// A Redis URL's shape; the message never repeats the URL, which may hold a password.
+fn redis_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or("a Redis URL starts with redis:// or rediss:// (TLS)")?;
+    let host_part = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let authority = host_part.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err("the Redis URL names no host".to_owned());
+    }
+    Ok(())
 }

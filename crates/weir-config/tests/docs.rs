@@ -21,6 +21,7 @@ observability:
   access_log: { enabled: true, path: stdout }
 workers: 0
 shutdown_grace: 30s
+redis: { url: 'redis://:pw@127.0.0.1:6379/0', timeout: 50ms }
 auth:
   providers:
     keys: { type: api_key, header: X-Api-Key, query: api_key }
@@ -45,7 +46,7 @@ upstreams:
     timeouts: { connect: 2s, request: 30s }
     health_check:
       active: {}
-    rate_limit: [{ key: global, limit: 100, per: 1s }]
+    rate_limit: [{ key: global, limit: 100, per: 1s, store: redis, on_error: deny }]
 routes:
   - name: a
     match: { host: example.com, path: /a, methods: [GET], headers: { X-A: b } }
@@ -74,7 +75,6 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "listeners[].tls",
     "watch",
     "observability.tracing",
-    "redis",
     "etcd",
     "consul",
     "upstreams.<name>.discovery",

@@ -284,3 +284,26 @@ fn rate_limits_example_builds_what_its_comments_say() {
     assert_eq!((global.limit, global.burst), (500, 100));
     assert_eq!(upstream("public").rate_limits[0].key, LimitKey::Route);
 }
+
+#[test]
+fn redis_rate_limits_example_builds_what_its_comments_say() {
+    use weir_domain::ratelimit::{LimitKey, LimitStore, OnError};
+
+    let l = example("rate-limits-redis.yaml");
+    let redis = l.settings.redis.as_ref().expect("a redis section");
+    assert!(!redis.cluster);
+    assert_eq!(redis.timeout, std::time::Duration::from_millis(50));
+    let orders = &l.routes.routes()[0].rate_limits;
+    assert_eq!(orders[0].store, LimitStore::Redis);
+    assert_eq!(
+        (orders[0].key.clone(), orders[0].burst),
+        (LimitKey::Consumer, 20)
+    );
+    assert_eq!(orders[0].on_error, OnError::Allow, "allow is the default");
+    assert_eq!(orders[1].store, LimitStore::Memory);
+    let upstream = &l.upstreams[0].rate_limits[0];
+    assert_eq!(
+        (upstream.store, upstream.on_error),
+        (LimitStore::Redis, OnError::Deny)
+    );
+}

@@ -382,7 +382,6 @@ routes:
         "weir.yaml:4:5: listeners[0].tls: TLS listeners are not supported yet",
         "weir.yaml:5:8: watch: `watch: true` is not supported yet (reload with SIGHUP or POST /reload)",
         "weir.yaml:7:3: observability.tracing: `tracing` is not supported yet",
-        "weir.yaml:8:1: redis: `redis` is not supported yet",
         "weir.yaml:9:1: etcd: `etcd` is not supported yet",
         "weir.yaml:10:1: consul: `consul` is not supported yet",
         "weir.yaml:13:5: upstreams.users.discovery: `discovery` is not supported yet; list `targets`",
@@ -391,8 +390,6 @@ routes:
         "weir.yaml:16:21: upstreams.users.health_check.passive: passive health checks are not supported yet",
         "weir.yaml:17:5: upstreams.users.circuit_breaker: `circuit_breaker` is not supported yet",
         "weir.yaml:18:5: upstreams.users.retry: `retry` is not supported yet",
-        "weir.yaml:19:61: upstreams.users.rate_limit[0].store: `store: redis` is not supported yet",
-        "weir.yaml:23:56: routes[0].rate_limit[0].store: `store: redis` is not supported yet",
         "weir.yaml:24:5: routes[0].cache: `cache` is not supported yet",
         "weir.yaml:25:5: routes[0].fallback: `fallback` is not supported yet",
         "weir.yaml:26:5: routes[0].grpc: `grpc` is not supported yet",
@@ -421,4 +418,42 @@ upstreams:
     let p = common::problems_with(yaml, &env, &Default::default()).join("\n");
     assert!(!p.contains("tok-value-1"), "{p}");
     assert!(p.contains("admin.listen: \"***\""), "{p}");
+}
+
+#[test]
+fn redis_problems_name_the_key_and_never_the_url() {
+    let p = problems(
+        "\
+upstreams:
+  u:
+    targets: [{ url: 'http://a:1' }]
+    rate_limit: [{ key: global, limit: 5, per: 1s, store: redis }]
+routes:
+  - name: r
+    upstream: u
+    rate_limit: [{ key: ip, limit: 10, per: 2400h, store: redis }]
+",
+    );
+    assert_eq!(
+        p,
+        [
+            "weir.yaml:4:59: upstreams.u.rate_limit[0].store: store: redis needs the top-level `redis` section (url or cluster)",
+            "weir.yaml:8:45: routes[0].rate_limit[0].per: with store: redis, per / limit × burst must be under 52 days",
+            "weir.yaml:8:59: routes[0].rate_limit[0].store: store: redis needs the top-level `redis` section (url or cluster)",
+        ]
+    );
+    let p = problems("redis: { url: 'http://:hunter2@x:1' }\n");
+    assert_eq!(
+        p,
+        ["weir.yaml:1:15: redis.url: a Redis URL starts with redis:// or rediss:// (TLS)"]
+    );
+    assert_eq!(
+        problems("redis: { url: 'redis://a:1', cluster: ['redis://a:1'] }\n"),
+        ["weir.yaml:1:30: redis.cluster: give `url` or `cluster`, not both"]
+    );
+    assert!(p.iter().all(|m| !m.contains("hunter2")));
+    assert_eq!(
+        problems("redis: { timeout: 1s }\n"),
+        ["weir.yaml:1:8: redis: `redis` needs `url` (one server) or `cluster` (seed nodes)"]
+    );
 }

@@ -228,11 +228,11 @@ fn store_problems() {
     assert_eq!(
         p,
         [
-            "weir.yaml:11:46: routes[1].rate_limit[0].store: `store: redis` is not supported yet",
+            "weir.yaml:11:46: routes[1].rate_limit[0].store: store: redis needs the top-level `redis` section (url or cluster)",
             "weir.yaml:12:39: routes[1].rate_limit[1].on_error: on_error applies only to store: redis",
             "weir.yaml:13:54: routes[1].rate_limit[2].on_error: on_error applies only to store: redis",
             r#"weir.yaml:14:46: routes[1].rate_limit[3].store: "disk" is not one of memory, redis"#,
-            "weir.yaml:15:46: routes[1].rate_limit[4].store: `store: redis` is not supported yet",
+            "weir.yaml:15:46: routes[1].rate_limit[4].store: store: redis needs the top-level `redis` section (url or cluster)",
             r#"weir.yaml:15:63: routes[1].rate_limit[4].on_error: "maybe" is not one of allow, deny"#,
             "weir.yaml:15:70: routes[1].rate_limit[4].max_keys: max_keys applies only to store: memory",
         ]

@@ -12,3 +12,4 @@ pub mod auth;
 pub mod client;
 pub mod health;
 pub mod metrics;
+pub mod ratelimit;

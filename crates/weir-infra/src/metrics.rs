@@ -149,6 +149,8 @@ pub struct RouteMetrics {
     pub rate_limited: AtomicU64,
     /// `weir_rate_limit_overflow_total`: decisions made in a policy's shared overflow bucket.
     pub rate_overflow: AtomicU64,
+    /// `weir_rate_limit_store_errors_total`: decisions the shared store could not make.
+    pub rate_store_errors: AtomicU64,
 }
 
 /// Per-target metrics.
@@ -241,6 +243,11 @@ pub fn render_routes<'a>(
             "weir_rate_limit_overflow_total",
             "Rate-limit decisions for keys that found no free slot and shared the overflow bucket.",
             |m: &RouteMetrics| m.rate_overflow.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_rate_limit_store_errors_total",
+            "Rate-limit decisions the shared store (Redis) could not make in time; on_error applied.",
+            |m: &RouteMetrics| m.rate_store_errors.load(Ordering::Relaxed),
         ),
     ] {
         family(out, metric, "counter", help);

@@ -193,6 +193,11 @@ impl Finish {
         if self.exchange.rate_limited {
             route_metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
+        if self.exchange.rate_store_failed {
+            route_metrics
+                .rate_store_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
         if self.exchange.rate_overflow {
             route_metrics.rate_overflow.fetch_add(1, Ordering::Relaxed);
         }

@@ -12,7 +12,7 @@ use weir_domain::upstream::Upstream;
 
 /// The policies a route runs, in order, as `GET /routes` and `explain` print them.
 #[must_use]
-pub fn pipeline_steps<F, A>(gw: &Gateway<F, A>, route: &Route) -> Vec<String> {
+pub fn pipeline_steps<F, A, S>(gw: &Gateway<F, A, S>, route: &Route) -> Vec<String> {
     steps(&gw.upstreams, &gw.providers, gw.max_body_bytes, route)
 }
 

@@ -7,10 +7,12 @@ use std::future::Future;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use weir_app::body::{LimitedBody, is_body_too_large};
+use weir_app::limits::{SharedAnswer, SharedCheck, SharedLimiter};
 use weir_app::{Authenticator, ForwardError, Forwarder};
 use weir_domain::auth::{ProviderId, Verdict};
 use weir_infra::auth::Authenticators;
 use weir_infra::client::{PooledBody, UpstreamClient};
+use weir_infra::ratelimit::{RedisAnswer, RedisCheck, RedisLimiter};
 
 use crate::body::CountingBody;
 
@@ -57,5 +59,39 @@ impl Authenticator for Auth {
         credential: &'a str,
     ) -> impl Future<Output = Verdict> + Send + 'a {
         self.0.verify(provider, credential)
+    }
+}
+
+/// The store of `store: redis` rate limits, when the config has `redis`, behind the
+/// pipeline's `SharedLimiter` port.
+#[derive(Debug)]
+pub struct Shared(pub Option<RedisLimiter>);
+
+impl SharedLimiter for Shared {
+    async fn decide(&self, checks: &[SharedCheck]) -> Result<SharedAnswer, ()> {
+        // Config refuses `store: redis` without `redis`, so `None` cannot decide anything.
+        let redis = self.0.as_ref().ok_or(())?;
+        let checks: Vec<RedisCheck<'_>> = checks
+            .iter()
+            .map(|c| RedisCheck {
+                key: &c.key,
+                interval_ns: c.rate.interval,
+                tolerance_ns: c.rate.tolerance,
+            })
+            .collect();
+        match redis.decide(&checks).await {
+            Ok(RedisAnswer::Admitted(answers)) => Ok(SharedAnswer::Admitted(answers)),
+            Ok(RedisAnswer::Refused {
+                index,
+                retry_after_ns,
+                reset_after_ns,
+            }) => Ok(SharedAnswer::Refused {
+                index,
+                retry_after_ns,
+                reset_after_ns,
+            }),
+            // The limiter logs once per state change; the metric counts each request.
+            Err(_) => Err(()),
+        }
     }
 }

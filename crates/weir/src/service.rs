@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use http::header;
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use weir_app::headers::{X_REQUEST_ID, is_upgrade, remove_hop_by_hop};
 use weir_app::pipeline::{ConnInfo, Exchange, Outcome};
@@ -33,12 +34,16 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
         user_agent: req.headers().get(header::USER_AGENT).cloned(),
         bytes_in: Arc::new(AtomicU64::new(0)),
     });
+    // A body weir answers without reading makes the connection unusable for a next request;
+    // say so, so clients do not send one on it.
+    let http1_with_body = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
     let mut req = req.map(|b| CountingBody::new(b, log.as_ref().map(|l| Arc::clone(&l.bytes_in))));
     // The client side of a WebSocket switch must be claimed before the request is consumed.
     let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
 
     let result = snapshot.gateway.handle(req, conn, &mut exchange).await;
+    let answered_by_weir = !matches!(result, Ok(Outcome::Proxied(..)));
     let mut in_flight = None;
     let mut response = match result {
         Ok(Outcome::Proxied(mut resp, guard)) => {
@@ -83,6 +88,11 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     snapshot
         .gateway
         .decorate(&mut exchange, response.headers_mut());
+    if answered_by_weir && http1_with_body {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, exchange.request_id.clone());

@@ -17,7 +17,7 @@ use weir_infra::client::UpstreamClient;
 use weir_infra::health::Checks;
 use weir_infra::metrics::{RouteMetrics, TargetMetrics, UpstreamMetrics};
 
-use crate::forward::{Auth, Forward};
+use crate::forward::{Auth, Forward, Shared};
 
 /// A `respond:` answer, built once.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub struct StaticReply {
 
 #[derive(Debug)]
 pub struct Snapshot {
-    pub gateway: Gateway<Forward, Auth>,
+    pub gateway: Gateway<Forward, Auth, Shared>,
     pub settings: Settings,
     pub route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route (`route=""`).
@@ -110,12 +110,28 @@ impl Snapshot {
             .collect();
         let checks = Checks::start(&upstreams);
         let authenticator = Auth(weir_infra::auth::Authenticators::new(&auth, workers)?);
+        let shared_limiter = Shared(
+            settings
+                .redis
+                .as_ref()
+                .map(|r| {
+                    weir_infra::ratelimit::RedisLimiter::new(
+                        &weir_infra::ratelimit::RedisSettings {
+                            urls: r.urls.iter().map(|u| u.expose().to_owned()).collect(),
+                            cluster: r.cluster,
+                            timeout: r.timeout,
+                        },
+                    )
+                })
+                .transpose()?,
+        );
         let gateway = Gateway::new(Parts {
             routes,
             upstreams,
             forwarders,
             providers: auth.providers,
             authenticator,
+            shared_limiter,
             trusted_proxies: settings.trusted_proxies.clone(),
             max_header_bytes: settings.limits.max_header_bytes,
             max_body_bytes: settings.limits.max_body_bytes,

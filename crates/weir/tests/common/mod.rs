@@ -9,6 +9,7 @@ pub mod idp;
 pub mod limits;
 mod process;
 mod raw;
+pub mod redis;
 
 #[allow(unused_imports)]
 pub use backend::*;
