@@ -10,7 +10,7 @@
 #
 # --auth measures the cost of authentication instead: one weir process with three routes
 # that differ only in policy (weir: none, weir-key: API key, weir-jwt: RS256 JWT,
-# weir-limit: a memory-store rate limit by ip that never refuses), next to
+# weir-limit / weir-redis: a memory / Redis rate limit by ip that never refuses), next to
 # nginx and HAProxy, pinned mode and the small body by default, no memory test.
 #
 # Usage: bench/bench.sh [options]         (from anywhere; needs nginx, haproxy, wrk, python3)
@@ -42,7 +42,7 @@ LOAD_CPU="${LOAD_CPU:-1}"        # the core wrk and the origin share in pinned m
 ORIGIN_PORT=19080
 declare -A PORT=([weir]=19081 [nginx]=19082 [haproxy]=19083)
 # --auth: the weir variants are routes of the same weir process (same port)
-AUTH_VARIANTS="weir-key weir-jwt weir-limit"
+AUTH_VARIANTS="weir-key weir-jwt weir-limit weir-redis"
 declare -A PREFIX=()   # variant -> path prefix in front of /small, /large
 declare -A HDR=()      # variant -> credential header sent by wrk and the readiness check
 declare -A BODY_LEN=([small]=100 [large]=16384)
@@ -105,9 +105,9 @@ for n in "$ROUNDS" "$DURATION" "$WARMUP" "$IDLE_CONNS"; do
     if ! [[ "$n" =~ ^[1-9][0-9]*$ ]]; then die "not a positive integer: $n"; fi
 done
 if [ "$AUTH" = 1 ]; then
-    : "${MODES:=pinned}" "${BODIES:=small}" "${PROXIES:=weir,weir-key,weir-jwt,weir-limit,nginx,haproxy}"
+    : "${MODES:=pinned}" "${BODIES:=small}" "${PROXIES:=weir,weir-key,weir-jwt,weir-limit,weir-redis,nginx,haproxy}"
     MEMORY=0   # the auth routes do not change what an idle connection costs
-    PREFIX=([weir]=/open [weir-key]=/key [weir-jwt]=/jwt [weir-limit]=/limit)   # the routes of weir.auth.yaml
+    PREFIX=([weir]=/open [weir-key]=/key [weir-jwt]=/jwt [weir-limit]=/limit [weir-redis]=/redis)   # the routes of weir.auth.yaml
     for p in $AUTH_VARIANTS; do PORT[$p]="${PORT[weir]}"; done
 fi
 : "${MODES:=both}" "${BODIES:=small,large}" "${PROXIES:=weir,nginx,haproxy}"
@@ -329,6 +329,17 @@ if [ "$AUTH" = 1 ] && has_server weir; then
         --iss bench --aud weir --sub bench --ttl 86400)" || die "could not mint the JWT"
     HDR=([weir-key]="X-Api-Key: $API_KEY" [weir-jwt]="Authorization: Bearer $TOKEN")
     WEIR_ENV=(BENCH_JWT_KEY="$RUN/auth/jwt.pub" BENCH_API_KEY="$API_KEY")
+    # weir-redis: a Redis of our own, on the load generator's core like the origin
+    REDIS_PORT=19084
+    REDIS_BIN="$(find_tool redis-server)"
+    [ -n "$REDIS_BIN" ] || die "redis-server not found (apt-get install redis-server)"
+    spawn redis "$LOAD_CPU" "$REDIS_BIN" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
+    for ((i = 0; i < 50; i++)); do
+        redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || die "redis-server did not start"
+    WEIR_ENV+=(BENCH_REDIS="127.0.0.1:$REDIS_PORT")
     # fail now, with weir's own words, rather than at the readiness check
     if ! env "${WEIR_ENV[@]}" BENCH_ORIGIN="127.0.0.1:$ORIGIN_PORT" \
         "$WEIR" validate -c "$WEIR_CONFIG" >"$RUN/weir-validate.log" 2>&1; then

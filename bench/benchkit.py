@@ -326,7 +326,7 @@ def _auth_table(cells, ref, rank):
     out = ["## Authentication and rate-limit cost (weir)", "",
            "`weir` = the route without auth; `weir-key` = the same route with an API key "
            "(`X-Api-Key`); `weir-jwt` = the same route with an RS256 JWT (`Authorization: Bearer`); "
-           "`weir-limit` = the same route with a memory-store rate limit by ip that never refuses. "
+           "`weir-limit` / `weir-redis` = the same route with a memory / Redis rate limit by ip that never refuses. "
            "One weir process serves them all, and the routes differ only in `auth` or `rate_limit`. "
            "`x weir` = this variant's median / weir's median; `paired` = median over rounds of the "
            "ratio within the same round (less sensitive to drift). `+µs/req` = extra proxy CPU per "

@@ -379,14 +379,40 @@ fn now_nanos() -> u64 {
 
 /// Adds `RateLimit-*` headers to a response.
 pub(crate) fn decorate(info: RateInfo, h: &mut HeaderMap) {
-    h.insert(&RATELIMIT_LIMIT, HeaderValue::from(info.limit));
-    h.insert(&RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
-    h.insert(&RATELIMIT_RESET, HeaderValue::from(info.reset));
+    h.insert(&RATELIMIT_LIMIT, number(u64::from(info.limit)));
+    h.insert(&RATELIMIT_REMAINING, number(u64::from(info.remaining)));
+    h.insert(&RATELIMIT_RESET, number(info.reset));
+}
+
+/// Header values of the small numbers most responses carry, rendered once per process, so
+/// a limited response formats and allocates nothing for its three headers.
+const CACHED_NUMBERS: u64 = 4096;
+
+fn number(n: u64) -> HeaderValue {
+    static NUMBERS: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let cached = NUMBERS.get_or_init(|| {
+        (0..CACHED_NUMBERS)
+            .map(|i| HeaderValue::from_maybe_shared(bytes::Bytes::from(i.to_string())))
+            .collect::<Result<_, _>>()
+            .unwrap_or_default()
+    });
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| cached.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_render_the_same_cached_or_not() {
+        for n in [0, 1, 9, 4095, 4096, 1 << 40] {
+            assert_eq!(number(n), HeaderValue::from(n));
+        }
+    }
 
     #[test]
     fn durations_read_as_written() {
