@@ -80,9 +80,20 @@ pub(crate) fn ca_file(
         );
         return None;
     }
+    ca_bundle(file, &at, dir, r).map(Some)
+}
+
+/// The certificates of a `ca_file` (an identity provider's or `redis.ca_file`), relative to
+/// `dir`; `None` when it has a problem (reported at `at`).
+pub(crate) fn ca_bundle(
+    file: &str,
+    at: &KeyPath,
+    dir: &Path,
+    r: &mut Report<'_>,
+) -> Option<Vec<u8>> {
     let hint = "a CA bundle, even a whole system trust store, is a few hundred KiB";
-    let (bytes, _) = read(file, &at, dir, MAX_CA_FILE, hint, r)?;
-    r.check(&at, pem::certificates(&bytes)).map(Some)
+    let (bytes, _) = read(file, at, dir, MAX_CA_FILE, hint, r)?;
+    r.check(at, pem::certificates(&bytes))
 }
 
 /// Reads a small file named in the config, relative to `dir`: its bytes and the path as

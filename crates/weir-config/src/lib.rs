@@ -188,6 +188,8 @@ pub struct RedisSettings {
     pub urls: Vec<weir_domain::auth::Secret>,
     pub cluster: bool,
     pub timeout: Duration,
+    /// The certificates of `ca_file`: trusted for `rediss://` instead of the system's store.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,7 +303,7 @@ pub fn load_str_in(
     let typing = std::cell::RefCell::new(issues);
     let cfg = sections::read(&root, &typing);
     let mut report = Report::new(&root, typing.into_inner());
-    let settings = settings::build(&cfg, &mut report);
+    let settings = settings::build(&cfg, dir, &mut report);
     let upstreams = upstreams::build(&cfg.upstreams, &mut report);
     let providers = auth::providers(&cfg.auth, dir, &mut report);
     let consumers = auth::consumers(&cfg.consumers, &mut report);
@@ -335,8 +337,16 @@ pub fn load_str_in(
     };
     let mut effective = serde_json::to_value(&cfg).unwrap_or(serde_json::Value::Null);
     auth::fill_effective(&mut effective, &auth);
-    // A key file's content is part of what runs: rotating a key is a new version.
-    let version = redact::version(&(effective.to_string() + &auth::key_material(&auth)));
+    // A key file's content is part of what runs: rotating a key (or the Redis CA) is a new
+    // version.
+    let redis_ca = settings
+        .redis
+        .as_ref()
+        .and_then(|r| r.ca_pem.as_deref())
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let version =
+        redact::version(&(effective.to_string() + &auth::key_material(&auth) + &redis_ca));
     redact::redact(&mut effective);
     Ok(Loaded {
         settings,

@@ -103,6 +103,8 @@ pub(crate) struct RedisConfig {
     pub(crate) cluster: Vec<String>,
     /// Longest wait for one decision; past it, the policy's `on_error` applies.
     pub(crate) timeout: Dur,
+    /// PEM certificates trusted for `rediss://` instead of the system's trust store.
+    pub(crate) ca_file: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -111,6 +113,7 @@ impl Default for RedisConfig {
             url: None,
             cluster: Vec::new(),
             timeout: Dur::default_of("50ms"),
+            ca_file: None,
         }
     }
 }

@@ -131,7 +131,7 @@ pub(crate) fn certificates(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if pem.is_empty() {
         return Err(
             "no -----BEGIN CERTIFICATE----- block; a ca_file holds the PEM certificates of \
-             the CAs that sign the identity provider's certificate"
+             the CAs that sign the server's certificate"
                 .to_owned(),
         );
     }

@@ -1,7 +1,7 @@
 //! Checking and building the process settings: listeners, limits, admin, logs, proxies.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use weir_domain::net::Cidr;
 
@@ -17,7 +17,8 @@ use crate::{
 pub(crate) const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// Checks every setting; `None` when any of them is wrong (all of them are reported).
-pub(crate) fn build(cfg: &FileConfig, r: &mut Report<'_>) -> Option<Settings> {
+/// `dir` is where relative paths in the file (`redis.ca_file`) are taken from.
+pub(crate) fn build(cfg: &FileConfig, dir: &Path, r: &mut Report<'_>) -> Option<Settings> {
     let root = KeyPath::root();
     let admin = admin(cfg, r);
     let listeners = listeners(cfg, admin.as_ref(), r);
@@ -42,7 +43,7 @@ pub(crate) fn build(cfg: &FileConfig, r: &mut Report<'_>) -> Option<Settings> {
     }
     let shutdown_grace = duration(r, &root.key("shutdown_grace"), &cfg.shutdown_grace, false);
     let redis = match &cfg.redis {
-        Some(c) => redis(c, &root.key("redis"), r).map(Some),
+        Some(c) => redis(c, &root.key("redis"), dir, r).map(Some),
         None => Some(None),
     };
     Some(Settings {
@@ -242,8 +243,9 @@ fn observability(
     (log, access_log)
 }
 
-/// `redis`: exactly one of `url` and `cluster`, each URL `redis://` or `rediss://`.
-fn redis(c: &RedisConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<RedisSettings> {
+/// `redis`: exactly one of `url` and `cluster`, each URL `redis://` or `rediss://`; a
+/// `ca_file` only when every URL is `rediss://`.
+fn redis(c: &RedisConfig, path: &KeyPath, dir: &Path, r: &mut Report<'_>) -> Option<RedisSettings> {
     let before = r.issues.len();
     let timeout = duration(r, &path.key("timeout"), &c.timeout, true);
     let (urls, cluster) = match (&c.url, c.cluster.is_empty()) {
@@ -273,6 +275,18 @@ fn redis(c: &RedisConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<RedisSet
             r.at(at, e);
         }
     }
+    let ca_pem = c.ca_file.as_ref().and_then(|file| {
+        let at = path.key("ca_file");
+        if urls.iter().any(|(_, u)| !u.trim().starts_with("rediss://")) {
+            r.at_key(
+                &at,
+                "`ca_file` applies only when every Redis URL is rediss:// (plain redis:// has no \
+                 certificate to check)",
+            );
+            return None;
+        }
+        crate::idp::ca_bundle(file, &at, dir, r)
+    });
     if r.issues.len() != before {
         return None;
     }
@@ -283,6 +297,7 @@ fn redis(c: &RedisConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<RedisSet
             .collect(),
         cluster,
         timeout: timeout?,
+        ca_pem,
     })
 }
 

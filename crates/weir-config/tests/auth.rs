@@ -503,7 +503,7 @@ auth:
         p,
         [
             "weir.yaml:3:54: auth.providers.plain.ca_file: `ca_file` applies only to an https:// URL (plain http:// has no certificate to check)".to_owned(),
-            "weir.yaml:4:65: auth.providers.nocert.ca_file: no -----BEGIN CERTIFICATE----- block; a ca_file holds the PEM certificates of the CAs that sign the identity provider's certificate".to_owned(),
+            "weir.yaml:4:65: auth.providers.nocert.ca_file: no -----BEGIN CERTIFICATE----- block; a ca_file holds the PEM certificates of the CAs that sign the server's certificate".to_owned(),
             format!("weir.yaml:5:110: auth.providers.missing.ca_file: cannot read \"{missing}\": No such file or directory (os error 2)"),
             "weir.yaml:6:99: auth.providers.plain2.ca_file: `ca_file` applies only to an https:// URL (plain http:// has no certificate to check)".to_owned(),
             "weir.yaml:7:52: auth.providers.static.ca_file: `ca_file` applies only with jwks_url".to_owned(),

@@ -21,7 +21,7 @@ observability:
   access_log: { enabled: true, path: stdout }
 workers: 0
 shutdown_grace: 30s
-redis: { url: 'redis://:pw@127.0.0.1:6379/0', timeout: 50ms }
+redis: { url: 'rediss://:pw@127.0.0.1:6379/0', timeout: 50ms, ca_file: tests/keys/ca.pem }
 auth:
   providers:
     keys: { type: api_key, header: X-Api-Key, query: api_key }

@@ -457,3 +457,57 @@ routes:
         ["weir.yaml:1:8: redis: `redis` needs `url` (one server) or `cluster` (seed nodes)"]
     );
 }
+
+/// `redis.ca_file`: read relative to the config's directory, and only with rediss:// URLs
+/// (a plain URL, even one seed among TLS ones, has no certificate to check).
+#[test]
+fn redis_ca_file_needs_rediss_everywhere() {
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    let load = |yaml: &str| {
+        weir_config::load_str_in(
+            "weir.yaml",
+            yaml,
+            &keys,
+            &common::TestEnv::default(),
+            &weir_config::Overrides::default(),
+        )
+    };
+    let problems = |yaml: &str| match load(yaml) {
+        Ok(_) => panic!("loaded:\n{yaml}"),
+        Err(p) => p.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    let message = "`ca_file` applies only when every Redis URL is rediss:// (plain redis:// has no certificate to check)";
+    assert_eq!(
+        problems("redis: { url: 'redis://:hunter2@a:1', ca_file: ca.pem }\n"),
+        [format!("weir.yaml:1:39: redis.ca_file: {message}")]
+    );
+    assert_eq!(
+        problems("redis: { cluster: ['rediss://a:1', 'redis://b:1'], ca_file: ca.pem }\n"),
+        [format!("weir.yaml:1:52: redis.ca_file: {message}")]
+    );
+    assert_eq!(
+        problems("redis: { url: 'rediss://a:1', ca_file: ed25519.pub.pem }\n"),
+        [
+            "weir.yaml:1:40: redis.ca_file: no -----BEGIN CERTIFICATE----- block; a ca_file holds \
+          the PEM certificates of the CAs that sign the server's certificate"
+        ]
+    );
+
+    let loaded = load("redis: { url: 'rediss://a:1', ca_file: ca.pem }\n").unwrap();
+    let redis = loaded.settings.redis.unwrap();
+    assert_eq!(
+        redis.ca_pem,
+        Some(std::fs::read(keys.join("ca.pem")).unwrap())
+    );
+    assert_eq!(loaded.effective["redis"]["ca_file"], "ca.pem");
+    let loaded = load("redis: { url: 'rediss://a:1' }\n").unwrap();
+    assert_eq!(
+        loaded.settings.redis.unwrap().ca_pem,
+        None,
+        "the system's trust store"
+    );
+    assert_eq!(
+        loaded.effective["redis"]["ca_file"],
+        serde_json::Value::Null
+    );
+}

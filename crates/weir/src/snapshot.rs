@@ -120,6 +120,7 @@ impl Snapshot {
                             urls: r.urls.iter().map(|u| u.expose().to_owned()).collect(),
                             cluster: r.cluster,
                             timeout: r.timeout,
+                            ca_pem: r.ca_pem.clone(),
                         },
                     )
                 })

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::idp::TestCa;
 use common::limits::{Answer, concurrently, metric_sum, rate_limited_total, send};
 use common::redis::RedisServer;
 use common::{Backend, DEADLINE, Gateway, check_problem_body, eventually, start};
@@ -898,5 +899,38 @@ async fn a_frozen_redis_costs_at_most_the_timeout_and_on_error_decides() {
         },
     )
     .await;
+    gw.stop().await;
+}
+
+/// `rediss://` end to end: weir trusts exactly the CA of `redis.ca_file` and enforces a
+/// Redis-store limit over TLS against a real TLS-only `redis-server`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_redis_with_ca_file_enforces_the_limit() {
+    let ca = TestCa::new();
+    let Some(redis) = RedisServer::start_tls_or_skip(&ca) else {
+        return;
+    };
+    let backend = Backend::start("b").await;
+    let yaml = format!(
+        "redis: {{ url: \"{}\", ca_file: \"{}\", timeout: {COUNTING_TIMEOUT} }}\n\
+         upstreams:\n  be:\n    targets: [{{ url: \"{}\" }}]\n\
+         routes:\n  - name: r\n    match: {{ prefix: /r }}\n    upstream: be\n    \
+         rate_limit: [ {{ key: global, limit: 3, per: 1m, store: redis }} ]\n",
+        redis.url(),
+        redis.ca_file().display(),
+        backend.url(),
+    );
+    assert!(yaml.contains("rediss://127.0.0.1:"), "{yaml}");
+    let gw = start(&yaml).await;
+    for i in 0..3 {
+        send(&gw, "/r/x", &[])
+            .await
+            .assert_admitted(&format!("request {i}"));
+    }
+    send(&gw, "/r/x", &[])
+        .await
+        .assert_rate_limited("limit of 3 per 1m for global exceeded", "the 4th");
+    assert_eq!(backend.hits(), 3);
+    assert_no_store_errors(std::slice::from_ref(&gw), "r").await;
     gw.stop().await;
 }

@@ -17,7 +17,7 @@ mod jwt;
 #[cfg(test)]
 mod test_server;
 #[cfg(test)]
-mod test_tls;
+pub(crate) mod test_tls;
 mod tls;
 #[cfg(test)]
 mod tls_tests;

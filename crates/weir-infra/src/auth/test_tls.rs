@@ -37,9 +37,9 @@ impl TestCa {
         self.issuer.pem()
     }
 
-    /// A TLS server config presenting a certificate for `names` (DNS names or IP
-    /// addresses) signed by this CA, speaking HTTP/1.1.
-    pub(crate) fn server_config(&self, names: &[&str]) -> Arc<ServerConfig> {
+    /// A server certificate for `names` (DNS names or IP addresses) signed by this CA, and
+    /// its key.
+    fn server_cert(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params
@@ -49,6 +49,20 @@ impl TestCa {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert, key)
+    }
+
+    /// A server certificate for `names` and its key, both PEM, for a server outside the
+    /// process (`redis-server --tls-cert-file`).
+    pub(crate) fn server_pems(&self, names: &[&str]) -> (String, String) {
+        let (cert, key) = self.server_cert(names);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A TLS server config presenting a certificate for `names` (DNS names or IP
+    /// addresses) signed by this CA, speaking HTTP/1.1.
+    pub(crate) fn server_config(&self, names: &[&str]) -> Arc<ServerConfig> {
+        let (cert, key) = self.server_cert(names);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

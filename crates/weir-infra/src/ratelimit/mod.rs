@@ -48,6 +48,9 @@ pub struct RedisSettings {
     pub cluster: bool,
     /// Bound on one decision, connecting included.
     pub timeout: Duration,
+    /// PEM certificates trusted for `rediss://` instead of the system's trust store (only
+    /// these roots, so a private CA's Redis is not also vouched for by public CAs).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// One limit of one request.

@@ -60,26 +60,41 @@ impl fmt::Debug for RedisLimiter {
 
 impl RedisLimiter {
     /// No I/O: connects lazily on first use, from whichever runtime calls first. Errs on a
-    /// malformed URL, on several URLs without `cluster`, and on no URL at all.
+    /// malformed URL, on several URLs without `cluster`, on no URL at all, and on a CA with a
+    /// URL that is not `rediss://`.
     pub fn new(settings: &RedisSettings) -> Result<Self, String> {
         let secrets: Vec<String> = settings.urls.iter().flat_map(|u| password_of(u)).collect();
         let scrub = |e: &RedisError| scrub(&e.to_string(), &secrets);
+        // The cluster builder would quietly turn TLS on for a redis:// seed given roots.
+        if settings.ca_pem.is_some() && !settings.urls.iter().all(|u| u.starts_with("rediss://")) {
+            return Err("redis: a CA applies only to rediss:// urls".to_owned());
+        }
         let target = match settings.urls.as_slice() {
             [] => return Err("redis: no url".to_owned()),
             [url] if !settings.cluster => Target::Single(Box::new(
-                Client::open(url.as_str()).map_err(|e| format!("redis url: {}", scrub(&e)))?,
+                match &settings.ca_pem {
+                    None => Client::open(url.as_str()),
+                    Some(_) => Client::build_with_tls(url.as_str(), certificates(settings)),
+                }
+                .map_err(|e| format!("redis url: {}", scrub(&e)))?,
             )),
             _ if !settings.cluster => {
                 return Err("redis: several urls need cluster: true".to_owned());
             }
-            urls => Target::Cluster(Box::new(
-                ClusterClient::builder(urls.iter().map(String::as_str))
+            urls => {
+                let mut builder = ClusterClient::builder(urls.iter().map(String::as_str))
                     .connection_timeout(settings.timeout)
                     .response_timeout(settings.timeout)
-                    .retries(2)
-                    .build()
-                    .map_err(|e| format!("redis url: {}", scrub(&e)))?,
-            )),
+                    .retries(2);
+                if settings.ca_pem.is_some() {
+                    builder = builder.certs(certificates(settings));
+                }
+                Target::Cluster(Box::new(
+                    builder
+                        .build()
+                        .map_err(|e| format!("redis url: {}", scrub(&e)))?,
+                ))
+            }
         };
         Ok(Self {
             target,
@@ -376,6 +391,15 @@ fn slot_groups(checks: &[RedisCheck<'_>]) -> Option<Vec<Vec<usize>>> {
     (groups.len() > 1).then(|| groups.into_iter().map(|(_, g)| g).collect())
 }
 
+/// The roots `rediss://` trusts when the settings name a CA: exactly those (the redis crate
+/// then leaves the system store out), with no client certificate.
+fn certificates(settings: &RedisSettings) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: settings.ca_pem.clone(),
+    }
+}
+
 /// The password in `scheme://[user]:password@host...`, as written and percent-decoded.
 fn password_of(url: &str) -> Vec<String> {
     let Some((_, rest)) = url.split_once("://") else {
@@ -469,6 +493,7 @@ mod unit {
             urls: urls.iter().map(|u| (*u).to_owned()).collect(),
             cluster,
             timeout: Duration::from_millis(100),
+            ca_pem: None,
         };
         assert!(RedisLimiter::new(&s(&["redis://127.0.0.1:1"], false)).is_ok());
         assert!(RedisLimiter::new(&s(&["rediss://127.0.0.1:1"], false)).is_ok());

@@ -1,14 +1,20 @@
-//! A throwaway `redis-server` for tests: a free port, no persistence, killed on drop.
+//! A throwaway `redis-server` for tests: a free port, no persistence, killed on drop; plain,
+//! or TLS only with a certificate from a test CA (Debian's redis-server is built with TLS).
 //! Without `redis-server` installed the tests skip loudly, or fail when `CI=true`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::auth::test_tls::TestCa;
 
 pub(crate) struct TestRedis {
     pub(crate) port: u16,
     child: Option<Child>,
+    /// With TLS: the directory of `cert.pem`, `key.pem` and `ca.pem`, removed on drop.
+    tls: Option<PathBuf>,
 }
 
 impl TestRedis {
@@ -34,9 +40,34 @@ impl TestRedis {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
             l.local_addr().expect("local addr").port()
         };
-        let mut r = Self { port, child: None };
+        let mut r = Self {
+            port,
+            child: None,
+            tls: None,
+        };
         r.restart();
         Some(r)
+    }
+
+    /// A server that speaks only TLS, with a certificate for 127.0.0.1 signed by `ca`.
+    pub(crate) fn start_tls(ca: &TestCa) -> Option<Self> {
+        let mut r = Self::start()?;
+        r.kill();
+        let dir =
+            std::env::temp_dir().join(format!("weir-redis-tls-{}-{}", std::process::id(), r.port));
+        std::fs::create_dir_all(&dir).expect("tls dir");
+        let (cert, key) = ca.server_pems(&["127.0.0.1"]);
+        std::fs::write(dir.join("cert.pem"), cert).expect("write cert");
+        std::fs::write(dir.join("key.pem"), key).expect("write key");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca");
+        r.tls = Some(dir);
+        r.restart();
+        Some(r)
+    }
+
+    /// `rediss://127.0.0.1:PORT` for a TLS server.
+    pub(crate) fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
     }
 
     pub(crate) fn url(&self) -> String {
@@ -54,8 +85,28 @@ impl TestRedis {
     /// (Re)starts the server on its port and waits until it answers PING.
     pub(crate) fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some(dir) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.pem")),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -64,7 +115,12 @@ impl TestRedis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.pings() {
+            // A TLS server cannot be PINGed in plain text; listening is enough for it.
+            let ready = match self.tls {
+                None => self.pings(),
+                Some(_) => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if ready {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -85,6 +141,9 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -121,6 +180,7 @@ impl TestCluster {
             let node = TestRedis {
                 port,
                 child: Some(child),
+                tls: None,
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             while !node.pings() {

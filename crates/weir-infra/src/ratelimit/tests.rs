@@ -10,6 +10,7 @@ use super::redis::{parse, prepare};
 use super::script;
 use super::test_redis::TestRedis;
 use super::{RedisAnswer, RedisCheck, RedisLimiter, RedisSettings};
+use crate::auth::test_tls::TestCa;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -18,6 +19,7 @@ fn limiter(r: &TestRedis, timeout: Duration) -> RedisLimiter {
         urls: vec![r.url()],
         cluster: false,
         timeout,
+        ca_pem: None,
     })
     .expect("limiter")
 }
@@ -208,6 +210,7 @@ async fn tls_urls_attempt_a_handshake_without_panicking() {
         urls: vec![format!("rediss://:pw@127.0.0.1:{}", r.port)],
         cluster: false,
         timeout: Duration::from_millis(500),
+        ca_pem: None,
     })
     .expect("limiter");
     let err = lim
@@ -215,6 +218,56 @@ async fn tls_urls_attempt_a_handshake_without_panicking() {
         .await
         .expect_err("not a TLS server");
     assert!(!err.0.contains("pw@"), "{err}");
+}
+
+#[tokio::test]
+async fn tls_with_the_ca_decides_and_with_another_ca_fails_cleanly() {
+    // A real TLS-only redis-server: the configured CA is trusted, and only it.
+    let ca = TestCa::new();
+    let Some(r) = TestRedis::start_tls(&ca) else {
+        return;
+    };
+    let with_ca = |pem: String| {
+        RedisLimiter::new(&RedisSettings {
+            urls: vec![r.tls_url()],
+            cluster: false,
+            timeout: Duration::from_secs(2),
+            ca_pem: Some(pem.into_bytes()),
+        })
+        .expect("limiter")
+    };
+    let rate = Rate::new(1, Duration::from_secs(60), 2);
+    let lim = with_ca(ca.pem());
+    for _ in 0..2 {
+        assert!(matches!(
+            lim.decide(&[check(b"tls", rate)]).await,
+            Ok(RedisAnswer::Admitted(_))
+        ));
+    }
+    assert!(matches!(
+        lim.decide(&[check(b"tls", rate)]).await,
+        Ok(RedisAnswer::Refused { .. })
+    ));
+    let stranger = with_ca(TestCa::new().pem());
+    let err = stranger
+        .decide(&[check(b"tls", rate)])
+        .await
+        .expect_err("a certificate from another CA");
+    // Refused at the handshake (UnknownIssuer), not timed out.
+    assert!(err.0.contains("certificate"), "{err}");
+    assert!(!stranger.is_healthy());
+}
+
+#[test]
+fn a_ca_with_a_plain_url_is_refused() {
+    let s = |url: &str| RedisSettings {
+        urls: vec![url.to_owned()],
+        cluster: false,
+        timeout: Duration::from_millis(100),
+        ca_pem: Some(TestCa::new().pem().into_bytes()),
+    };
+    assert!(RedisLimiter::new(&s("redis://127.0.0.1:1")).is_err());
+    assert!(RedisLimiter::new(&s("rediss://127.0.0.1:1")).is_ok());
 }
 
 /// The decide script with `now` given as ARGV (seconds, nanoseconds) after the checks'.
@@ -347,6 +400,7 @@ async fn cluster_decides_per_slot_and_gives_back_on_refusal() {
         urls: cluster.urls(),
         cluster: true,
         timeout: Duration::from_secs(2),
+        ca_pem: None,
     })
     .expect("limiter");
     let wide = Rate::new(10, Duration::from_secs(60), 10);

@@ -548,20 +548,34 @@ impl TestCa {
         self.issuer.pem()
     }
 
-    /// A TLS server config with a certificate for `names` (DNS names or IP addresses)
-    /// signed by this CA.
-    pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+    /// A server certificate for `names` (DNS names or IP addresses) signed by this CA, and
+    /// its key.
+    fn server_cert(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params
             .distinguished_name
-            .push(DnType::CommonName, "weir test IdP");
+            .push(DnType::CommonName, "weir test server");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("server key");
         let cert = params.signed_by(&key, &self.issuer).expect("server cert");
+        (cert, key)
+    }
+
+    /// A server certificate for `names` and its key, both PEM, for a server in another
+    /// process (`redis-server --tls-cert-file`).
+    pub fn server_pems(&self, names: &[&str]) -> (String, String) {
+        let (cert, key) = self.server_cert(names);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A TLS server config with a certificate for `names` (DNS names or IP addresses)
+    /// signed by this CA.
+    pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let (cert, key) = self.server_cert(names);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -1,7 +1,9 @@
 //! A real `redis-server` for the distributed rate-limit tests: its own process on a free port
 //! of 127.0.0.1, no persistence, killed on drop. Tests can stop it, restart it on the same
 //! port, freeze it (SIGSTOP: a Redis that accepts connections but never answers) and send it
-//! raw commands.
+//! raw commands. Or a Redis that speaks only TLS ([`RedisServer::start_tls_or_skip`]), with a
+//! certificate for 127.0.0.1 from a [`TestCa`] (Debian's redis-server is built with TLS);
+//! raw commands are plain text, so not for that one.
 //!
 //! When `redis-server` is not installed, [`RedisServer::start_or_skip`] fails the test under
 //! `CI=true` (a missing component is a failure there) and otherwise skips it loudly.
@@ -13,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::TempDir;
+use super::idp::TestCa;
 
 /// How long a starting `redis-server` may take to answer `PING`.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -30,6 +33,9 @@ pub struct RedisServer {
     /// The cluster bus port (cluster mode only; by default it would be `port + 10000`,
     /// which may be taken or past 65535).
     bus_port: u16,
+    /// TLS only (`--port 0 --tls-port <port>`), with `cert.pem`, `key.pem` and `ca.pem` in
+    /// `dir`.
+    tls: bool,
 }
 
 impl Drop for RedisServer {
@@ -64,6 +70,12 @@ impl RedisServer {
         installed_or_skip().then(Self::start_cluster)
     }
 
+    /// As [`RedisServer::start_or_skip`], for a Redis that speaks only TLS with a certificate
+    /// for 127.0.0.1 signed by `ca`; [`RedisServer::ca_file`] holds `ca`'s certificate.
+    pub fn start_tls_or_skip(ca: &TestCa) -> Option<Self> {
+        installed_or_skip().then(|| Self::start_mode_tls(false, Some(ca)))
+    }
+
     /// Starts a Redis on a free port; panics when `redis-server` is missing or does not come
     /// up. A port taken between choosing and binding it is retried with another.
     pub fn start() -> Self {
@@ -78,6 +90,10 @@ impl RedisServer {
     }
 
     fn start_mode(cluster: bool) -> Self {
+        Self::start_mode_tls(cluster, None)
+    }
+
+    fn start_mode_tls(cluster: bool, ca: Option<&TestCa>) -> Self {
         let binary = Self::binary().expect("redis-server not installed");
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -90,7 +106,15 @@ impl RedisServer {
                 paused: false,
                 cluster,
                 bus_port: if cluster { free_port() } else { 0 },
+                tls: ca.is_some(),
             };
+            if let Some(ca) = ca {
+                let (cert, key) = ca.server_pems(&["127.0.0.1"]);
+                let dir = server.dir.path();
+                std::fs::write(dir.join("cert.pem"), cert).expect("write cert.pem");
+                std::fs::write(dir.join("key.pem"), key).expect("write key.pem");
+                std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
+            }
             match server.spawn_and_wait() {
                 Ok(()) => return server,
                 Err(e) => last_error = e,
@@ -100,13 +124,21 @@ impl RedisServer {
     }
 
     /// `redis://127.0.0.1:<port>/0`; for a cluster node, which has only database 0,
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`; with TLS, `rediss://127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
-        if self.cluster {
+        if self.tls {
+            format!("rediss://127.0.0.1:{}/0", self.port)
+        } else if self.cluster {
             format!("redis://127.0.0.1:{}", self.port)
         } else {
             format!("redis://127.0.0.1:{}/0", self.port)
         }
+    }
+
+    /// The CA certificate a TLS server's certificate is signed by (what `redis.ca_file`
+    /// names).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// Whether this is a (one-node) Redis Cluster.
@@ -190,8 +222,28 @@ impl RedisServer {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let dir = self.dir.path();
+        let listen = if self.tls {
+            let path = |f: &str| dir.join(f).display().to_string();
+            vec![
+                "--port".to_owned(),
+                "0".to_owned(),
+                "--tls-port".to_owned(),
+                self.port.to_string(),
+                "--tls-cert-file".to_owned(),
+                path("cert.pem"),
+                "--tls-key-file".to_owned(),
+                path("key.pem"),
+                "--tls-ca-cert-file".to_owned(),
+                path("ca.pem"),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]
+        } else {
+            vec!["--port".to_owned(), self.port.to_string()]
+        };
         let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string()])
+            .args(listen)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -231,7 +283,13 @@ impl RedisServer {
                     self.log()
                 ));
             }
-            if ping(self.addr()) {
+            // A TLS-only server cannot be PINGed in plain text; listening is enough for it.
+            let ready = if self.tls {
+                TcpStream::connect_timeout(&self.addr(), Duration::from_millis(500)).is_ok()
+            } else {
+                ping(self.addr())
+            };
+            if ready {
                 return if self.cluster {
                     self.assign_all_slots(deadline)
                 } else {
