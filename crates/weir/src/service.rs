@@ -36,7 +36,8 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     });
     // A body weir answers without reading makes the connection unusable for a next request;
     // say so, so clients do not send one on it.
-    let http1_with_body = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
+    let client_version = req.version();
+    let http1_with_body = client_version <= Version::HTTP_11 && !req.body().is_end_stream();
     let mut req = req.map(|b| CountingBody::new(b, log.as_ref().map(|l| Arc::clone(&l.bytes_in))));
     // The client side of a WebSocket switch must be claimed before the request is consumed.
     let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
@@ -63,6 +64,9 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
                         tunnel(client, hyper::upgrade::on(&mut resp));
                     }
                     remove_hop_by_hop(resp.headers_mut(), switching);
+                    // The status line speaks the client's HTTP version, not the upstream's:
+                    // an HTTP/1.0 upstream must not turn a keep-alive client into a closing one.
+                    *resp.version_mut() = client_version;
                     in_flight = Some(guard);
                     resp.map(Body::upstream)
                 }

@@ -481,3 +481,51 @@ async fn websocket_upgrades_are_tunnelled() {
     ws.close(None).await.unwrap();
     gw.stop().await;
 }
+
+/// An HTTP/1.0 upstream (Python's http.server, old appliances) answers `HTTP/1.0` and closes;
+/// the client spoke HTTP/1.1 and must get an HTTP/1.1 answer on a connection that stays open.
+#[tokio::test]
+async fn an_http_1_0_upstream_does_not_downgrade_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", upstream.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let gw = start(&one_upstream(&url, "")).await;
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        conn.write_all(b"GET /x HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .await
+            .unwrap();
+        let resp = common::read_response(&mut conn, &mut buf)
+            .await
+            .expect("an answer on the same connection");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"ok");
+    }
+    let mut raw = Vec::new();
+    conn.write_all(b"GET /x HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut chunk = [0u8; 1024];
+    while !raw.ends_with(b"ok") {
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    drop(conn);
+    gw.stop().await;
+}
