@@ -64,17 +64,36 @@ pub struct RateInfo {
     pub reset: u64,
 }
 
+/// Where a policy's state lives.
+#[derive(Clone, Debug)]
+enum Store {
+    /// This process's table (shared by the routes of an upstream's policy).
+    Memory(Arc<LimitTable>),
+    /// Decided through the `SharedLimiter`; nothing is kept here.
+    Redis,
+}
+
+impl Store {
+    fn of(p: &RateLimitPolicy) -> Self {
+        match p.store {
+            LimitStore::Memory => Self::Memory(Arc::new(LimitTable::new(p.max_keys))),
+            LimitStore::Redis => Self::Redis,
+        }
+    }
+}
+
 /// One policy as a route applies it.
 #[derive(Debug)]
 struct Limit {
-    table: Arc<LimitTable>,
+    store: Store,
     rate: Rate,
     key: LimitKey,
+    /// For `key: header:NAME`: the name, parsed once here rather than per request.
+    header: Option<HeaderName>,
     /// For an upstream's `key: route` policy: the route, so each route has its own bucket.
     route_tag: Option<u32>,
     /// `limit of 10 per 1m for ip exceeded`.
     detail: Arc<str>,
-    store: LimitStore,
     on_error: OnError,
     /// The policy's name in the shared store, the same in every weir: `r:<route>:<i>` or
     /// `u:<upstream>:<i>`.
@@ -89,14 +108,9 @@ pub(crate) struct RouteLimits {
 
 /// Builds every route's limits; upstream policies share one table across their routes.
 pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<RouteLimits>, String> {
-    let upstream_tables: Vec<Vec<Arc<LimitTable>>> = upstreams
+    let upstream_stores: Vec<Vec<Store>> = upstreams
         .iter()
-        .map(|u| {
-            u.rate_limits
-                .iter()
-                .map(|p| Arc::new(LimitTable::new(table_size(p))))
-                .collect()
-        })
+        .map(|u| u.rate_limits.iter().map(Store::of).collect())
         .collect();
     routes
         .iter()
@@ -107,20 +121,20 @@ pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<Rout
                 .enumerate()
                 .map(|(i, p)| {
                     let id = format!("r:{}:{i}", route.name);
-                    limit(p, Arc::new(LimitTable::new(table_size(p))), None, id)
+                    limit(p, Store::of(p), None, id)
                 })
                 .collect();
             if let RouteAction::Upstream(id) = &route.action
-                && let (Some(u), Some(tables)) = (upstreams.get(id.0), upstream_tables.get(id.0))
+                && let (Some(u), Some(stores)) = (upstreams.get(id.0), upstream_stores.get(id.0))
             {
-                for (i, (p, table)) in u.rate_limits.iter().zip(tables).enumerate() {
+                for (i, (p, store)) in u.rate_limits.iter().zip(stores).enumerate() {
                     let tag = (p.key == LimitKey::Route)
                         .then(|| u32::try_from(route.index).unwrap_or(u32::MAX));
                     let id = match tag {
                         Some(_) => format!("u:{}:{i}:{}", u.name, route.name),
                         None => format!("u:{}:{i}", u.name),
                     };
-                    limits.push(limit(p, Arc::clone(table), tag, id));
+                    limits.push(limit(p, store.clone(), tag, id));
                 }
             }
             if limits.len() > MAX_POLICIES {
@@ -134,21 +148,16 @@ pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<Rout
         .collect()
 }
 
-/// A Redis policy keeps no local state; its table only lends the key hashing.
-fn table_size(p: &RateLimitPolicy) -> usize {
-    match p.store {
-        LimitStore::Memory => p.max_keys,
-        LimitStore::Redis => 0,
-    }
-}
-
-fn limit(p: &RateLimitPolicy, table: Arc<LimitTable>, route_tag: Option<u32>, id: String) -> Limit {
+fn limit(p: &RateLimitPolicy, store: Store, route_tag: Option<u32>, id: String) -> Limit {
     Limit {
-        table,
+        store,
         rate: p.rate(),
+        header: match &p.key {
+            LimitKey::Header(name) => HeaderName::from_bytes(name.as_bytes()).ok(),
+            _ => None,
+        },
         key: p.key.clone(),
         route_tag,
-        store: p.store,
         on_error: p.on_error,
         shared_id: Arc::from(id),
         detail: Arc::from(format!(
@@ -210,21 +219,20 @@ impl RouteLimits {
         let now = now_nanos();
         let mut taken: [Option<Taken>; MAX_POLICIES] = [None; MAX_POLICIES];
         let mut tightest: Option<RateInfo> = None;
-        let mut remote: Vec<(usize, SharedCheck)> = Vec::new();
+        // The `store: redis` policies (by position) and their checks, for one call.
+        let mut remote: Vec<usize> = Vec::new();
+        let mut checks: Vec<SharedCheck> = Vec::new();
         for (i, limit) in self.limits.iter().enumerate() {
-            if limit.store == LimitStore::Redis {
-                let key = limit.with_key(caller, |tag, bytes| limit.shared_key(tag, bytes));
-                remote.push((
-                    i,
-                    SharedCheck {
-                        key,
-                        rate: limit.rate,
-                    },
-                ));
+            let Store::Memory(table) = &limit.store else {
+                remote.push(i);
+                checks.push(SharedCheck {
+                    key: limit.with_key(caller, |tag, bytes| limit.shared_key(tag, bytes)),
+                    rate: limit.rate,
+                });
                 continue;
-            }
-            let key = limit.with_key(caller, |tag, bytes| limit.table.key(tag, bytes));
-            let (decision, took, overflowed) = limit.table.acquire(key, &limit.rate, now);
+            };
+            let key = limit.with_key(caller, |tag, bytes| table.key(tag, bytes));
+            let (decision, took, overflowed) = table.acquire(key, &limit.rate, now);
             out.overflowed |= overflowed;
             let info = info(limit, decision.remaining, decision.reset_after);
             if !decision.allowed {
@@ -237,11 +245,10 @@ impl RouteLimits {
             }
             tightest = tighter(tightest, info);
         }
-        if !remote.is_empty() {
-            let checks: Vec<SharedCheck> = remote.iter().map(|(_, c)| c.clone()).collect();
+        if !checks.is_empty() {
             match shared.decide(&checks).await {
                 Ok(SharedAnswer::Admitted(answers)) => {
-                    for ((i, _), (remaining, reset)) in remote.iter().zip(answers) {
+                    for (i, (remaining, reset)) in remote.iter().zip(answers) {
                         tightest = tighter(tightest, info(&self.limits[*i], remaining, reset));
                     }
                 }
@@ -251,7 +258,7 @@ impl RouteLimits {
                     reset_after_ns,
                 }) => {
                     self.give_back(&taken);
-                    let limit = &self.limits[remote.get(index).map_or(0, |(i, _)| *i)];
+                    let limit = &self.limits[remote.get(index).copied().unwrap_or(0)];
                     out.info = Some(info(limit, 0, reset_after_ns));
                     return Err(refusal(limit, retry_after_ns));
                 }
@@ -259,8 +266,8 @@ impl RouteLimits {
                     out.store_failed = true;
                     let deny = remote
                         .iter()
-                        .find(|(i, _)| self.limits[*i].on_error == OnError::Deny);
-                    if let Some((i, _)) = deny {
+                        .find(|i| self.limits[**i].on_error == OnError::Deny);
+                    if let Some(i) = deny {
                         self.give_back(&taken);
                         let mut err = GatewayError::new(
                             ErrorKind::RateLimited,
@@ -281,8 +288,8 @@ impl RouteLimits {
 
     fn give_back(&self, taken: &[Option<Taken>; MAX_POLICIES]) {
         for (limit, t) in self.limits.iter().zip(taken) {
-            if let Some(t) = t {
-                limit.table.release(*t, &limit.rate);
+            if let (Some(t), Store::Memory(table)) = (t, &limit.store) {
+                table.release(*t, &limit.rate);
             }
         }
     }
@@ -327,11 +334,11 @@ impl Limit {
                 None => with_ip(caller.ip, f),
             },
             LimitKey::Ip => with_ip(caller.ip, f),
-            LimitKey::Header(name) => f(
+            LimitKey::Header(_) => f(
                 b'h',
-                caller
-                    .headers
-                    .get(name.as_str())
+                self.header
+                    .as_ref()
+                    .and_then(|name| caller.headers.get(name))
                     .map_or(&[][..], HeaderValue::as_bytes),
             ),
             LimitKey::Route => match self.route_tag {

@@ -262,7 +262,7 @@ impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             &self.trusted_proxies,
         );
         let host = request_host(&req);
-        let mut head = Head {
+        let head = Head {
             host: host.as_deref(),
             method_bit: MethodSet::bit(req.method().as_str()).unwrap_or(0),
             headers: req.headers(),
@@ -281,7 +281,6 @@ impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
                 self.check_ip(f.route, ex)?;
                 return cors.preflight(req.headers()).map(Outcome::Preflight);
             }
-            head.method_bit = MethodSet::bit(req.method().as_str()).unwrap_or(0);
         }
         let found = match self.routes.lookup(&head, &path) {
             Lookup::Found(f) => f,

@@ -4,7 +4,7 @@
 //! `CERTIFICATE` blocks of a bundle.
 //!
 //! This is sniffing, not verification: the verifier parses the key (the TLS client the
-//! certificates) for real. It needs only base64 and the first few DER headers.
+//! certificates) for real. It needs only base64 (the `base64` crate) and the first few DER headers.
 
 use weir_domain::auth::KeyFamily;
 
@@ -233,28 +233,8 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// Standard base64 with padding (RFC 4648 §4), as PEM uses it.
 fn base64(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for b in text.bytes() {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    // A single leftover character cannot be the end of a byte.
-    (bits < 6).then_some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 #[cfg(test)]

@@ -36,10 +36,7 @@ impl TestRedis {
             );
             return None;
         }
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-            l.local_addr().expect("local addr").port()
-        };
+        let port = free_port();
         let mut r = Self {
             port,
             child: None,
@@ -163,13 +160,14 @@ impl TestCluster {
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let port = {
-                let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-                l.local_addr().expect("local addr").port()
-            };
+            let port = free_port();
+            // The bus port would default to `port + 10000`: a port nobody checked is free,
+            // and past 65535 for high ephemeral ports. Pick a free one too.
+            let bus = free_port();
             let child = Command::new("redis-server")
                 .current_dir(&dir)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-port", &bus.to_string()])
                 .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
@@ -231,4 +229,10 @@ impl Drop for TestCluster {
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A port the OS just handed out and took back: free, as far as anyone can know.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
 }

@@ -299,3 +299,36 @@ pub async fn concurrently(
     }
     out
 }
+
+/// 30 requests against a limit of 10: exactly 10 admitted, the backend saw only those, each
+/// admitted answer saw its own `RateLimit-Remaining` (0 to 9), and 20 were refused, which
+/// are returned for the caller's checks of the refusal itself.
+pub fn assert_ten_of_thirty<'a>(
+    answers: &'a [Answer],
+    backend_hits: usize,
+    context: &str,
+) -> Vec<&'a Answer> {
+    let admitted: Vec<&Answer> = answers.iter().filter(|a| a.status == 200).collect();
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    assert_eq!(
+        (admitted.len(), refused.len()),
+        (10, 20),
+        "{context}; statuses: {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert_eq!(backend_hits, 10, "the backend saw only the admitted");
+    let mut remaining: Vec<u64> = admitted
+        .iter()
+        .map(|a| {
+            a.assert_admitted("burst");
+            a.assert_limited(10, "admitted in the burst")
+        })
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(
+        remaining,
+        (0..10).collect::<Vec<_>>(),
+        "each admitted request saw its own RateLimit-Remaining ({context})"
+    );
+    refused
+}
