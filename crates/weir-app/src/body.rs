@@ -1,9 +1,10 @@
-//! The request body on its way upstream: streamed, and cut off at the route's limit.
+//! The request body on its way upstream: streamed and cut off at the route's limit, or
+//! buffered when it is small and may have to be sent again.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 
 /// The error a [`LimitedBody`] yields when the limit is passed; forwarders look for it in an
@@ -20,6 +21,7 @@ impl std::fmt::Display for BodyTooLarge {
 impl std::error::Error for BodyTooLarge {}
 
 pin_project_lite::pin_project! {
+    #[derive(Debug)]
     /// Streams `inner` and fails with [`BodyTooLarge`] once more than `remaining` bytes passed,
     /// so a chunked upload is bounded as strictly as one with a `Content-Length`.
     pub struct LimitedBody<B> {
@@ -89,4 +91,49 @@ pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
         cur = e.source();
     }
     false
+}
+
+/// The body of one try upstream: nothing, bytes buffered so a retry can send them again, or
+/// the client's stream (which can be sent once).
+#[derive(Debug)]
+pub enum ReqBody<B> {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(LimitedBody<B>),
+}
+
+impl<B> Body for ReqBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Self::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty | Self::Full(None) => true,
+            Self::Full(Some(_)) => false,
+            Self::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty | Self::Full(None) => SizeHint::with_exact(0),
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Stream(s) => s.size_hint(),
+        }
+    }
 }

@@ -13,6 +13,8 @@ pub enum ForwardError {
     BodyTooLarge,
     /// The upstream closed or broke the exchange before a response head arrived.
     Other(Box<dyn std::error::Error + Send + Sync>),
+    /// No response head within the try's time.
+    Timeout,
 }
 
 impl std::fmt::Display for ForwardError {
@@ -21,12 +23,14 @@ impl std::fmt::Display for ForwardError {
             Self::Connect(e) => write!(f, "connect failed: {e}"),
             Self::BodyTooLarge => f.write_str("request body too large"),
             Self::Other(e) => write!(f, "upstream exchange failed: {e}"),
+            Self::Timeout => f.write_str("no response head in time"),
         }
     }
 }
 
 /// Sends a request (already rewritten for the upstream, with an absolute URI naming the
-/// target) and resolves with the response head; the body streams afterwards.
+/// target) and resolves with the response head within `timeout`; the body streams
+/// afterwards. Each call is one try: implementations count it in the upstream's metrics.
 pub trait Forwarder<B>: Send + Sync + 'static {
     type ResBody: Send + 'static;
 
@@ -35,5 +39,6 @@ pub trait Forwarder<B>: Send + Sync + 'static {
         &self,
         target: usize,
         req: Request<B>,
+        timeout: std::time::Duration,
     ) -> impl Future<Output = Result<Response<Self::ResBody>, ForwardError>> + Send;
 }

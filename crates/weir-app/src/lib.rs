@@ -9,12 +9,14 @@
 
 pub mod access;
 pub mod body;
+pub mod clock;
 pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod limits;
 pub mod pipeline;
 pub mod request_id;
+mod tries;
 
 pub use access::Authenticator;
 pub use error::GatewayError;

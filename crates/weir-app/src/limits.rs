@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use weir_domain::ErrorKind;
@@ -216,7 +216,7 @@ impl RouteLimits {
         shared: &S,
         out: &mut Admission,
     ) -> Result<(), GatewayError> {
-        let now = now_nanos();
+        let now = crate::clock::now_nanos();
         let mut taken: [Option<Taken>; MAX_POLICIES] = [None; MAX_POLICIES];
         let mut tightest: Option<RateInfo> = None;
         // The `store: redis` policies (by position) and their checks, for one call.
@@ -373,15 +373,6 @@ fn with_ip<R>(ip: IpAddr, f: impl FnOnce(u8, &[u8]) -> R) -> R {
         IpAddr::V4(v4) => f(b'i', &v4.octets()),
         IpAddr::V6(v6) => f(b'i', &v6.octets()),
     }
-}
-
-/// Nanoseconds on a process-wide monotonic clock, never 0 (0 means "never seen").
-fn now_nanos() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos())
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
 }
 
 /// Adds `RateLimit-*` headers to a response.

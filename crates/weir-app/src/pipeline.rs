@@ -5,26 +5,30 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, Uri};
 use weir_domain::ErrorKind;
 use weir_domain::auth::{AuthFailure, Principal, Provider};
 use weir_domain::balance::hash_key;
-use weir_domain::health::{self, Transition};
 use weir_domain::net::Cidr;
 use weir_domain::path;
-use weir_domain::route::{MethodSet, Route, RouteAction};
+use weir_domain::retry;
+use weir_domain::route::{Fallback, MethodSet, Route, RouteAction};
 use weir_domain::router::{Lookup, RequestHead, RouteTable};
-use weir_domain::upstream::{HashKey, InFlight, Protocol, Target, Upstream};
+use weir_domain::upstream::{HashKey, InFlight, Target, Upstream};
 
 use crate::access::{self, Authenticator, RouteAccess};
-use crate::body::LimitedBody;
+use crate::body::{LimitedBody, ReqBody};
 use crate::error::GatewayError;
-use crate::forward::{ForwardError, Forwarder};
+use crate::forward::Forwarder;
 use crate::headers;
 use crate::limits::{Admission, Caller, RateInfo, RouteLimits, SharedLimiter};
-use crate::request_id;
+use crate::tries::{self, Dest, Outgoing, Replay};
+
+/// Marks a response served by a route's `fallback`.
+pub static X_FALLBACK: header::HeaderName = header::HeaderName::from_static("x-fallback");
 
 /// One connection's facts, computed once when it is accepted.
 #[derive(Clone, Debug)]
@@ -78,6 +82,32 @@ pub struct Exchange {
     pub rate_overflow: bool,
     /// The shared rate-limit store could not decide (`weir_rate_limit_store_errors_total`).
     pub rate_store_failed: bool,
+    /// Tries after the first.
+    pub retries: u32,
+    /// A retry was refused by the upstream's budget.
+    pub retry_budget_exhausted: bool,
+    /// The response came from the route's `fallback`.
+    pub fallback: Option<FallbackKind>,
+}
+
+/// Which kind of `fallback` answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallbackKind {
+    Static = 0,
+    Upstream = 1,
+}
+
+impl FallbackKind {
+    pub const ALL: [Self; 2] = [Self::Static, Self::Upstream];
+
+    /// The `kind` label of `weir_fallbacks_total`.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Upstream => "upstream",
+        }
+    }
 }
 
 impl Exchange {
@@ -97,6 +127,9 @@ impl Exchange {
             rate_limited: false,
             rate_overflow: false,
             rate_store_failed: false,
+            retries: 0,
+            retry_budget_exhausted: false,
+            fallback: None,
         }
     }
 }
@@ -111,6 +144,8 @@ pub enum Outcome<R> {
     Respond(usize),
     /// A CORS preflight the route's policy answers: `204` with these headers.
     Preflight(http::HeaderMap),
+    /// The upstream failed and the route's static `fallback` answers (route index).
+    Fallback(usize),
 }
 
 /// What a [`Gateway`] is assembled from.
@@ -211,6 +246,9 @@ impl<F, A, S> Gateway<F, A, S> {
         if let Some(info) = ex.rate {
             crate::limits::decorate(info, headers);
         }
+        if ex.fallback.is_some() {
+            headers.insert(&X_FALLBACK, HeaderValue::from_static("true"));
+        }
     }
 
     /// The route at `index` (from [`Outcome::Respond`] or [`Exchange::route`]).
@@ -247,7 +285,9 @@ impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
         ex: &mut Exchange,
     ) -> Result<Outcome<F::ResBody>, GatewayError>
     where
-        F: Forwarder<LimitedBody<B>>,
+        F: Forwarder<ReqBody<B>>,
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Oversized heads are refused before any work is spent on them.
         check_header_size(req.headers(), self.max_header_bytes)?;
@@ -348,26 +388,12 @@ impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             RouteAction::Respond(_) => return Ok(Outcome::Respond(route.index)),
             RouteAction::Upstream(id) => id.0,
         };
-        ex.upstream = Some(upstream_id);
         let upstream = &self.upstreams[upstream_id];
-        // Only healthy targets are candidates; none left is the contract's 503.
+        // Where `consistent_hash` reads its key, before the headers change.
         let hash = upstream
             .hash_key
             .as_ref()
-            .map(|k| key_hash(k, &req, &path, ex.client_ip));
-        let Some(target_index) =
-            upstream
-                .balancer
-                .pick(&upstream.targets, hash, request_id::next_random())
-        else {
-            return Err(GatewayError::new(
-                ErrorKind::UpstreamUnavailable,
-                format!("upstream \"{}\" has no healthy target", upstream.name),
-            ));
-        };
-        let target = &upstream.targets[target_index];
-        ex.target = Some(Arc::clone(target));
-        ex.target_index = Some(target_index);
+            .map(|k| key_hash(k, req.headers(), &path, ex.client_ip));
         // The path the upstream sees: normalized, then the route's rewrite.
         let upstream_path = if route.path_transform.is_identity() {
             path
@@ -396,12 +422,7 @@ impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             Some(q) => q.as_deref(),
             None => req.uri().query(),
         };
-        *req.uri_mut() = upstream_uri(
-            req.uri(),
-            &upstream_path,
-            query,
-            &self.authorities[upstream_id][target_index],
-        )?;
+        let path_and_query = upstream_path_and_query(req.uri(), &upstream_path, query)?;
         // Hop-by-hop and client-claimed identity out; X-Forwarded-*, the request id and the
         // proven identity in (after, so a client cannot name them in `Connection` to strip
         // them).
@@ -426,39 +447,78 @@ impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
         if host_missing && let Some(a) = host_value {
             h.insert(header::HOST, a);
         }
-        // The version spoken upstream is the upstream's, whatever the client spoke.
-        *req.version_mut() = match upstream.protocol {
-            Protocol::Http1 => Version::HTTP_11,
-            Protocol::Http2 => Version::HTTP_2,
+        // Retries only where the policy allows this method; a protocol switch is never
+        // retried (it is not a request/response the client could see twice).
+        let retry = upstream.retry.as_ref().filter(|p| {
+            !upgrade && (!p.idempotent_only || retry::is_idempotent(req.method().as_str()))
+        });
+        let fallback_upstream = match &route.fallback {
+            Some(Fallback::Upstream(id)) => Some(id.0),
+            _ => None,
         };
-        let req = req.map(|b| LimitedBody::new(b, max_body));
-        let in_flight = target.start_request();
         let timeout = route.timeout.unwrap_or(upstream.timeouts.request);
-        let forwarded = tokio::time::timeout(
-            timeout,
-            self.forwarders[upstream_id].forward(target_index, req),
-        )
-        .await;
-        let response = match forwarded {
-            Err(_) => return Err(timed_out(timeout)),
-            Ok(Err(ForwardError::BodyTooLarge)) => return Err(payload_too_large(max_body)),
-            Ok(Err(ForwardError::Connect(e))) => {
-                report_failure(upstream, target, &*e);
-                return Err(GatewayError::new(
-                    ErrorKind::BadGateway,
-                    "could not connect to the upstream",
-                ));
-            }
-            Ok(Err(ForwardError::Other(e))) => {
-                tracing::warn!(upstream = %upstream.name, target_url = %target.url, error = %e, "upstream exchange failed");
-                return Err(GatewayError::new(
-                    ErrorKind::BadGateway,
-                    "the upstream failed to answer",
-                ));
-            }
-            Ok(Ok(r)) => r,
+        let (head, body) = req.into_parts();
+        let replay_wanted = retry.is_some() || fallback_upstream.is_some();
+        let body = replay_body(body, &head.headers, replay_wanted, max_body, timeout).await?;
+        let mut out = Outgoing {
+            head: Some(head),
+            path_and_query,
+            body,
+            keep_head: fallback_upstream.is_some(),
         };
-        Ok(Outcome::Proxied(response, in_flight))
+        let primary = self.dest(upstream_id);
+        let failed = match tries::send(&primary, &mut out, hash, timeout, retry, ex).await {
+            Ok((resp, in_flight)) => return Ok(Outcome::Proxied(resp, in_flight)),
+            Err(e) => e,
+        };
+        // The fallback answers only what weir itself would have answered for the upstream.
+        if !matches!(
+            failed.kind,
+            ErrorKind::UpstreamUnavailable | ErrorKind::BadGateway | ErrorKind::GatewayTimeout
+        ) {
+            return Err(failed);
+        }
+        match &route.fallback {
+            None => Err(failed),
+            Some(Fallback::Respond(_)) => {
+                ex.fallback = Some(FallbackKind::Static);
+                Ok(Outcome::Fallback(route.index))
+            }
+            Some(Fallback::Upstream(id)) => {
+                let to = self.dest(id.0);
+                let hash = to
+                    .upstream
+                    .hash_key
+                    .as_ref()
+                    .zip(out.head.as_ref())
+                    .map(|(k, head)| {
+                        key_hash(k, &head.headers, out.path_and_query.path(), ex.client_ip)
+                    });
+                let primary = (ex.upstream, ex.target.clone(), ex.target_index);
+                out.keep_head = false;
+                match tries::send(&to, &mut out, hash, to.upstream.timeouts.request, None, ex).await
+                {
+                    Ok((resp, in_flight)) => {
+                        ex.fallback = Some(FallbackKind::Upstream);
+                        Ok(Outcome::Proxied(resp, in_flight))
+                    }
+                    Err(e) => {
+                        tracing::warn!(route = %route.name, error = %e.detail, "fallback upstream failed too");
+                        (ex.upstream, ex.target, ex.target_index) = primary;
+                        Err(failed)
+                    }
+                }
+            }
+        }
+    }
+
+    fn dest(&self, id: usize) -> Dest<'_, F> {
+        Dest {
+            id,
+            upstream: &self.upstreams[id],
+            forwarder: &self.forwarders[id],
+            authorities: &self.authorities[id],
+        }
     }
 
     /// The route's `ip` lists, against the client address (trusted proxies looked through).
@@ -470,22 +530,6 @@ impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             }
             _ => Ok(()),
         }
-    }
-}
-
-/// Connection errors count against a target's health when active checks run, so a dead
-/// target leaves rotation without waiting for the next probe. Without active checks nothing
-/// would bring it back, so they are only logged.
-fn report_failure(
-    upstream: &Upstream,
-    target: &Target,
-    error: &(dyn std::error::Error + Send + Sync),
-) {
-    tracing::warn!(upstream = %upstream.name, target_url = %target.url, error = %error, "connect to target failed");
-    if let Some(policy) = &upstream.health_check
-        && health::record(target, policy, false) == Some(Transition::BecameUnhealthy)
-    {
-        tracing::warn!(upstream = %upstream.name, target_url = %target.url, "target unhealthy after connection errors");
     }
 }
 
@@ -512,20 +556,18 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The 413 when the limit is only known to have been passed while streaming.
+pub(crate) fn payload_too_large_error() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::PayloadTooLarge,
+        "request body exceeds the route's max_body_bytes",
+    )
+}
+
 fn payload_too_large(max: u64) -> GatewayError {
     GatewayError::new(
         ErrorKind::PayloadTooLarge,
         format!("request body exceeds {max} bytes"),
-    )
-}
-
-fn timed_out(timeout: Duration) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::GatewayTimeout,
-        format!(
-            "the upstream did not answer within {}ms",
-            timeout.as_millis()
-        ),
     )
 }
 
@@ -552,14 +594,12 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-fn key_hash<B>(key: &HashKey, req: &Request<B>, path: &str, ip: IpAddr) -> u64 {
+fn key_hash(key: &HashKey, headers: &http::HeaderMap, path: &str, ip: IpAddr) -> u64 {
     match key {
-        HashKey::Header(name) => req
-            .headers()
+        HashKey::Header(name) => headers
             .get(name.as_str())
             .map_or(0, |v| hash_key(v.as_bytes())),
-        HashKey::Cookie(name) => req
-            .headers()
+        HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -578,15 +618,14 @@ fn key_hash<B>(key: &HashKey, req: &Request<B>, path: &str, ip: IpAddr) -> u64 {
     }
 }
 
-/// `http://target` + the path + the query, reusing the original bytes when neither changed.
-fn upstream_uri(
+/// The path and query sent upstream, reusing the original bytes when neither changed.
+fn upstream_path_and_query(
     original: &Uri,
     path: &str,
     query: Option<&str>,
-    authority: &Authority,
-) -> Result<Uri, GatewayError> {
-    let path_and_query = match original.path_and_query() {
-        Some(pq) if pq.path() == path && pq.query() == query => pq.clone(),
+) -> Result<PathAndQuery, GatewayError> {
+    match original.path_and_query() {
+        Some(pq) if pq.path() == path && pq.query() == query => Ok(pq.clone()),
         _ => {
             let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
             s.push_str(path);
@@ -599,15 +638,42 @@ fn upstream_uri(
                     ErrorKind::BadRequest,
                     "the rewritten path is not a valid URI path",
                 )
-            })?
+            })
         }
-    };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts)
-        .map_err(|_| GatewayError::new(ErrorKind::BadRequest, "cannot build the upstream URI"))
+    }
+}
+
+/// The request body as it will be sent: buffered when a retry or fallback may have to send
+/// it again and its declared length is small enough, streamed (once) otherwise.
+async fn replay_body<B>(
+    body: B,
+    headers: &http::HeaderMap,
+    wanted: bool,
+    max_body: u64,
+    timeout: Duration,
+) -> Result<Replay<B>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.is_end_stream() {
+        return Ok(Replay::Empty);
+    }
+    let limited = LimitedBody::new(body, max_body);
+    if !wanted || content_length(headers).is_none_or(|n| n > retry::MAX_REPLAY_BODY) {
+        return Ok(Replay::Stream(Some(limited)));
+    }
+    match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await {
+        Ok(Ok(collected)) => Ok(Replay::Buffered(collected.to_bytes())),
+        Ok(Err(_)) => Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "the request body could not be read",
+        )),
+        Err(_) => Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "the request body did not arrive within the route's timeout",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -623,15 +689,15 @@ mod tests {
     }
 
     #[test]
-    fn uri_keeps_query_and_reuses_bytes() {
-        let a = Authority::from_static("10.0.0.1:80");
-        let u = upstream_uri(&"/a/b?x=1".parse().unwrap(), "/a/b", Some("x=1"), &a).unwrap();
-        assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b?x=1");
-        let u = upstream_uri(&"/a/./b?x=1".parse().unwrap(), "/a/b", Some("x=1"), &a).unwrap();
-        assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b?x=1");
-        let u = upstream_uri(&"/a/b?x=1&k=2".parse().unwrap(), "/a/b", Some("x=1"), &a).unwrap();
-        assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b?x=1");
-        let u = upstream_uri(&"/a/b?k=2".parse().unwrap(), "/a/b", None, &a).unwrap();
-        assert_eq!(u.to_string(), "http://10.0.0.1:80/a/b");
+    fn path_and_query_keeps_query_and_reuses_bytes() {
+        let pq = |uri: &str, path, query| {
+            upstream_path_and_query(&uri.parse().unwrap(), path, query)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(pq("/a/b?x=1", "/a/b", Some("x=1")), "/a/b?x=1");
+        assert_eq!(pq("/a/./b?x=1", "/a/b", Some("x=1")), "/a/b?x=1");
+        assert_eq!(pq("/a/b?x=1&k=2", "/a/b", Some("x=1")), "/a/b?x=1");
+        assert_eq!(pq("/a/b?k=2", "/a/b", None), "/a/b");
     }
 }

@@ -30,6 +30,7 @@ mod pem;
 mod ratelimit;
 mod redact;
 mod report;
+mod resilience;
 mod routes;
 mod sections;
 mod settings;

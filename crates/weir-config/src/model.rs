@@ -299,12 +299,13 @@ pub(crate) struct UpstreamConfig {
     /// TLS toward `https://` targets: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Unsupported,
-    /// Circuit breaking: not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) circuit_breaker: Unsupported,
-    /// Retries: not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) retry: Unsupported,
+    /// A circuit breaker per target: a target whose recent tries fail too often is not
+    /// sent requests for a while. Default: none.
+    #[serde(default)]
+    pub(crate) circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Retrying failed tries on another target. Default: none (one try).
+    #[serde(default)]
+    pub(crate) retry: Option<RetryConfig>,
     /// Rate limits on all traffic to the upstream, after each route's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) rate_limit: Vec<RateLimitConfig>,
@@ -356,9 +357,142 @@ impl Default for TimeoutsConfig {
 pub(crate) struct HealthCheckConfig {
     /// Probe every target periodically; without it every target counts as healthy.
     pub(crate) active: Option<ActiveCheckConfig>,
-    /// Ejecting targets by failures of real traffic: not supported yet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) passive: Unsupported,
+    /// Eject targets whose real traffic fails repeatedly; without it no target is ejected.
+    pub(crate) passive: Option<PassiveCheckConfig>,
+}
+
+/// `health_check.passive`: outlier ejection by failures of real traffic.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PassiveCheckConfig {
+    /// Failures in a row (connect errors, resets, timeouts, 5xx answers) that eject a
+    /// target. At least 1.
+    pub(crate) consecutive_failures: u32,
+    /// How long a first ejection lasts; a target ejected again soon after coming back stays
+    /// out `eject_for` times its ejections in a row, at most 10 times. Longer than 0.
+    pub(crate) eject_for: Dur,
+    /// Most targets of the upstream ejected at once, in percent of its targets (0 to 100);
+    /// one target may always be ejected unless this is 0.
+    pub(crate) max_ejected_percent: u32,
+}
+
+impl Default for PassiveCheckConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            eject_for: Dur::default_of("30s"),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `circuit_breaker`: one breaker per target of the upstream.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct CircuitBreakerConfig {
+    /// The share of failed tries over `window` that opens the circuit: more than 0, at most 1.
+    pub(crate) failure_ratio: f64,
+    /// Tries over `window` below which the circuit never opens. At least 1.
+    pub(crate) min_requests: u32,
+    /// The rolling window the ratio is measured over, sliding in tenths. At least 100ms.
+    pub(crate) window: Dur,
+    /// How long an open circuit refuses requests before letting probes through. Longer
+    /// than 0.
+    pub(crate) open_for: Dur,
+    /// Probes a half-open circuit lets through; all must succeed to close it. 1 to 1023.
+    pub(crate) half_open_requests: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window: Dur::default_of("10s"),
+            open_for: Dur::default_of("30s"),
+            half_open_requests: 5,
+        }
+    }
+}
+
+/// `retry`: trying a failed request again, on another target when there is one.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RetryConfig {
+    /// Tries in all, the first included: 1 to 10.
+    pub(crate) attempts: u32,
+    /// The wait before each retry.
+    pub(crate) backoff: BackoffConfig,
+    /// The failures retried: `connect_failure`, `reset`, `timeout` and 5xx statuses such
+    /// as `"503"` (or `503`). At least one.
+    pub(crate) on: Vec<String>,
+    /// Retry only methods that are idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
+    pub(crate) idempotent_only: bool,
+    /// Time limit of each try. Default: none (each try has what is left of the timeout).
+    pub(crate) per_try_timeout: Option<Dur>,
+    /// The share of requests that may be retried, so retries cannot multiply the load on a
+    /// failing upstream.
+    pub(crate) budget: BudgetConfig,
+}
+
+/// `retry.on` when it is not written.
+pub(crate) const DEFAULT_RETRY_ON: [&str; 5] = ["connect_failure", "reset", "502", "503", "504"];
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            backoff: BackoffConfig::default(),
+            on: DEFAULT_RETRY_ON.iter().map(|s| (*s).to_owned()).collect(),
+            idempotent_only: true,
+            per_try_timeout: None,
+            budget: BudgetConfig::default(),
+        }
+    }
+}
+
+/// `retry.backoff`: exponential, capped, with optional full jitter.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BackoffConfig {
+    /// The wait before the first retry. At most `max`.
+    pub(crate) initial: Dur,
+    /// The longest wait.
+    pub(crate) max: Dur,
+    /// Each wait is the previous one times this. At least 1.
+    pub(crate) multiplier: f64,
+    /// `full` (wait a random part of the wait) or `none`.
+    pub(crate) jitter: String,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: Dur::default_of("25ms"),
+            max: Dur::default_of("1s"),
+            multiplier: 2.0,
+            jitter: "full".to_owned(),
+        }
+    }
+}
+
+/// `retry.budget`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BudgetConfig {
+    /// Retries over the last 10 s may be at most this share of the requests. More than 0.
+    pub(crate) ratio: f64,
+    /// Retries allowed each second regardless of `ratio`.
+    pub(crate) min_per_second: u32,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 10,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -669,9 +803,10 @@ pub(crate) struct RouteConfig {
     /// Client address allow and deny lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ip: Option<IpConfig>,
-    /// Fallback responses: not supported yet.
+    /// What is answered when the upstream cannot answer: a fixed response, or one try on
+    /// another upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) fallback: Unsupported,
+    pub(crate) fallback: Option<FallbackConfig>,
     /// REST to gRPC transcoding: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) grpc: Unsupported,
@@ -833,6 +968,57 @@ impl Default for RespondConfig {
             headers: OrderedMap::default(),
             body: String::new(),
         }
+    }
+}
+
+/// A route's `fallback`: either `upstream`, or a response (`status`, `content_type`,
+/// `headers`, `body`).
+///
+/// `GET /config` shows the keys of the form in use, with the response's defaults filled in.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct FallbackConfig {
+    /// Another upstream, by name, tried once instead of a response.
+    pub(crate) upstream: Option<String>,
+    /// Status code of the response, 100 to 599. Default: 200.
+    pub(crate) status: Option<u16>,
+    /// The response's `Content-Type`.
+    pub(crate) content_type: Option<String>,
+    /// Response headers.
+    pub(crate) headers: Option<OrderedMap<String>>,
+    /// Response body. Default: empty.
+    pub(crate) body: Option<String>,
+}
+
+impl FallbackConfig {
+    /// The response keys that were written, in the order messages list them.
+    pub(crate) fn response_keys(&self) -> Vec<&'static str> {
+        let given = [
+            ("status", self.status.is_some()),
+            ("content_type", self.content_type.is_some()),
+            ("headers", self.headers.is_some()),
+            ("body", self.body.is_some()),
+        ];
+        given.iter().filter(|(_, g)| *g).map(|(k, _)| *k).collect()
+    }
+}
+
+impl Serialize for FallbackConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        if let Some(upstream) = &self.upstream {
+            m.serialize_entry("upstream", upstream)?;
+        } else {
+            m.serialize_entry("status", &self.status.unwrap_or(200))?;
+            m.serialize_entry("content_type", &self.content_type)?;
+            m.serialize_entry(
+                "headers",
+                self.headers.as_ref().unwrap_or(&OrderedMap(Vec::new())),
+            )?;
+            m.serialize_entry("body", self.body.as_deref().unwrap_or_default())?;
+        }
+        m.end()
     }
 }
 

@@ -10,10 +10,11 @@ use weir_domain::router::RouteTable;
 
 use crate::access;
 use crate::checks::{duration, header_name, header_value, not_yet, regex, size, unsupported};
-use crate::model::{MatchConfig, RespondConfig, RouteConfig, TransformConfig};
+use crate::model::{MatchConfig, OrderedMap, RespondConfig, RouteConfig, TransformConfig};
 use crate::node::KeyPath;
 use crate::ratelimit;
 use crate::report::{Report, closest};
+use crate::resilience;
 
 /// Checks every route, then builds the table. The table is built from the routes that are
 /// fine even when others are not, so conflicts between them are reported in the same run.
@@ -97,11 +98,7 @@ fn route_of(
     r: &mut Report<'_>,
 ) -> Option<Route> {
     let before = r.issues.len();
-    for (key, value) in [
-        ("cache", &cfg.cache),
-        ("fallback", &cfg.fallback),
-        ("grpc", &cfg.grpc),
-    ] {
+    for (key, value) in [("cache", &cfg.cache), ("grpc", &cfg.grpc)] {
         unsupported(r, &path.key(key), value, &not_yet(key));
     }
     let matcher = matcher(&cfg.matcher, &path.key("match"), r);
@@ -120,6 +117,7 @@ fn route_of(
     };
     let access = access::build(cfg, path, provider_names, r);
     let rate_limits = ratelimit::build(&cfg.rate_limit, &path.key("rate_limit"), r);
+    let fallback = resilience::fallback(cfg, path, upstream_names, r);
     if r.issues.len() != before {
         return None;
     }
@@ -134,6 +132,7 @@ fn route_of(
         path_transform: path_transform?,
         access: access?,
         rate_limits: rate_limits?,
+        fallback: fallback?,
     })
 }
 
@@ -264,47 +263,67 @@ fn action(
             None
         }
         (Some(name), None) => {
-            if let Some(id) = names.iter().position(|n| n == name) {
-                return Some(RouteAction::Upstream(UpstreamId(id)));
-            }
-            let mut message = format!("unknown upstream \"{name}\"");
-            if names.is_empty() {
-                message.push_str(" (no upstreams are defined)");
-            } else if let Some(near) = closest(name, names.iter().copied()) {
-                message.push_str(&format!("; did you mean \"{near}\"?"));
-            }
-            r.at(&path.key("upstream"), message);
-            None
+            upstream_id(name, names, &path.key("upstream"), r).map(RouteAction::Upstream)
         }
         (None, Some(respond)) => {
-            static_response(respond, &path.key("respond"), r).map(RouteAction::Respond)
+            let RespondConfig {
+                status,
+                headers,
+                body,
+            } = respond;
+            static_response(*status, headers, body, &path.key("respond"), r)
+                .map(RouteAction::Respond)
         }
     }
 }
 
-fn static_response(
-    c: &RespondConfig,
+/// The id of the upstream called `name`, or an `unknown upstream` problem at `at` (with a
+/// suggestion when a name is close).
+pub(crate) fn upstream_id(
+    name: &str,
+    names: &[&str],
+    at: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<UpstreamId> {
+    if let Some(id) = names.iter().position(|n| *n == name) {
+        return Some(UpstreamId(id));
+    }
+    let mut message = format!("unknown upstream \"{name}\"");
+    if names.is_empty() {
+        message.push_str(" (no upstreams are defined)");
+    } else if let Some(near) = closest(name, names.iter().copied()) {
+        message.push_str(&format!("; did you mean \"{near}\"?"));
+    }
+    r.at(at, message);
+    None
+}
+
+/// A fixed response (`respond`, or a `fallback` response) whose keys are under `path`.
+pub(crate) fn static_response(
+    status: u16,
+    headers: &OrderedMap<String>,
+    body: &str,
     path: &KeyPath,
     r: &mut Report<'_>,
 ) -> Option<StaticResponse> {
     let mut ok = true;
-    if !(100..=599).contains(&c.status) {
+    if !(100..=599).contains(&status) {
         r.at(
             &path.key("status"),
-            format!("status {} is not between 100 and 599", c.status),
+            format!("status {status} is not between 100 and 599"),
         );
         ok = false;
     }
-    for (name, value) in &c.headers.0 {
+    for (name, value) in &headers.0 {
         let at = path.key("headers").key(name);
         ok &= r
             .check(&at, header_name(name).and_then(|()| header_value(value)))
             .is_some();
     }
     ok.then(|| StaticResponse {
-        status: c.status,
-        headers: c.headers.0.clone(),
-        body: Arc::from(c.body.as_str()),
+        status,
+        headers: headers.0.clone(),
+        body: Arc::from(body),
     })
 }
 

@@ -32,6 +32,11 @@ impl Dur {
     pub(crate) fn get(&self) -> Result<Duration, String> {
         self.parsed.clone()
     }
+
+    /// The duration as written, for messages that compare two of them.
+    pub(crate) fn text(&self) -> &str {
+        self.text.trim()
+    }
 }
 
 /// Parses `250ms`, `5s`, `1m`, `2h`: a whole number and a unit.

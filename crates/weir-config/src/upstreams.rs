@@ -3,15 +3,17 @@
 use std::sync::Arc;
 
 use weir_domain::balance::{Balancer, LoadBalancing};
+use weir_domain::retry::RetryBudget;
 use weir_domain::upstream::{
     ActiveHealthCheck, HashKey, Protocol, Target, TargetAddr, Timeouts, Upstream,
 };
 
-use crate::checks::{duration, not_yet, unsupported};
+use crate::checks::{duration, unsupported};
 use crate::model::{ActiveCheckConfig, UpstreamConfig};
 use crate::node::KeyPath;
 use crate::ratelimit;
 use crate::report::Report;
+use crate::resilience;
 use crate::settings::at_least_one;
 
 /// The balancer indexes targets with 16 bits.
@@ -55,20 +57,7 @@ fn upstream(
         &u.tls,
         "upstream `tls` is not supported yet",
     );
-    unsupported(
-        r,
-        &path.key("circuit_breaker"),
-        &u.circuit_breaker,
-        &not_yet("circuit_breaker"),
-    );
-    unsupported(r, &path.key("retry"), &u.retry, &not_yet("retry"));
     let hc = path.key("health_check");
-    unsupported(
-        r,
-        &hc.key("passive"),
-        &u.health_check.passive,
-        "passive health checks are not supported yet",
-    );
 
     let targets = targets(u, path, r);
     let policy = r.check(
@@ -114,6 +103,18 @@ fn upstream(
         None => Some(None),
     };
     let rate_limits = ratelimit::build(&u.rate_limit, &path.key("rate_limit"), r);
+    let passive = match &u.health_check.passive {
+        Some(p) => resilience::passive(p, &hc.key("passive"), r).map(Some),
+        None => Some(None),
+    };
+    let circuit_breaker = match &u.circuit_breaker {
+        Some(c) => resilience::breaker(c, &path.key("circuit_breaker"), r).map(Some),
+        None => Some(None),
+    };
+    let retry = match &u.retry {
+        Some(c) => resilience::retry(c, &path.key("retry"), r).map(Some),
+        None => Some(None),
+    };
     if r.issues.len() != before {
         return None;
     }
@@ -130,6 +131,10 @@ fn upstream(
         },
         health_check: health_check?,
         rate_limits: rate_limits?,
+        passive: passive?,
+        circuit_breaker: circuit_breaker?,
+        retry: retry?,
+        budget: RetryBudget::default(),
     })
 }
 

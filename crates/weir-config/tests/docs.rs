@@ -46,7 +46,18 @@ upstreams:
     timeouts: { connect: 2s, request: 30s }
     health_check:
       active: {}
+      passive: { consecutive_failures: 5, eject_for: 30s, max_ejected_percent: 50 }
+    circuit_breaker: { failure_ratio: 0.5, min_requests: 20, window: 10s, open_for: 30s, half_open_requests: 5 }
+    retry:
+      attempts: 3
+      backoff: { initial: 25ms, max: 1s, multiplier: 2, jitter: full }
+      on: [connect_failure, reset, '502', 503, '504']
+      idempotent_only: true
+      per_try_timeout: 2s
+      budget: { ratio: 0.2, min_per_second: 10 }
     rate_limit: [{ key: global, limit: 100, per: 1s, store: redis, on_error: deny }]
+  spare:
+    targets: [{ url: 'http://10.0.0.2:9000' }]
 routes:
   - name: a
     match: { host: example.com, path: /a, methods: [GET], headers: { X-A: b } }
@@ -68,6 +79,14 @@ routes:
   - name: c
     match: { regex: ^/c$ }
     respond: {}
+  - name: d
+    match: { prefix: /d }
+    upstream: users
+    fallback: { status: 503, content_type: application/json, headers: { X-A: b }, body: '[]' }
+  - name: e
+    match: { prefix: /e }
+    upstream: users
+    fallback: { upstream: spare }
 ";
 
 /// Keys that are recognised but not supported yet: documented too.
@@ -79,11 +98,7 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "consul",
     "upstreams.<name>.discovery",
     "upstreams.<name>.tls",
-    "upstreams.<name>.health_check.passive",
-    "upstreams.<name>.circuit_breaker",
-    "upstreams.<name>.retry",
     "routes[].cache",
-    "routes[].fallback",
     "routes[].grpc",
     "routes[].transform.request.headers",
     "routes[].transform.request.query",

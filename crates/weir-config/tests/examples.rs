@@ -307,3 +307,76 @@ fn redis_rate_limits_example_builds_what_its_comments_say() {
         (LimitStore::Redis, OnError::Deny)
     );
 }
+
+#[test]
+fn resilience_example_builds_what_its_comments_say() {
+    use std::time::Duration;
+    use weir_domain::retry::Failure;
+    use weir_domain::route::{Fallback, UpstreamId};
+
+    let l = example("resilience.yaml");
+    let orders = &l.upstreams[0];
+    let passive = orders
+        .passive
+        .as_ref()
+        .expect("orders ejects failing targets");
+    assert_eq!(
+        (passive.consecutive_failures, passive.max_ejected_percent),
+        (5, 50)
+    );
+    assert_eq!(passive.eject_for, Duration::from_secs(30));
+    let breaker = orders
+        .circuit_breaker
+        .as_ref()
+        .expect("orders has a breaker");
+    assert_eq!((breaker.failure_ratio, breaker.min_requests), (0.5, 20));
+    assert_eq!(breaker.window, Duration::from_secs(10));
+    assert_eq!(breaker.half_open_requests, 5);
+    let retry = orders.retry.as_ref().expect("orders retries");
+    assert_eq!(retry.attempts, 3);
+    assert!(retry.idempotent_only);
+    assert_eq!(retry.per_try_timeout, Some(Duration::from_secs(2)));
+    for f in [
+        Failure::Connect,
+        Failure::Reset,
+        Failure::Timeout,
+        Failure::Status(502),
+        Failure::Status(503),
+        Failure::Status(504),
+    ] {
+        assert!(retry.on.matches(f), "{f:?}");
+    }
+    assert!(!retry.on.matches(Failure::Status(500)));
+    assert_eq!((retry.budget.ratio, retry.budget.min_per_second), (0.2, 10));
+
+    // The replica: defaults from `passive: {}` and `retry: {}`, no breaker.
+    let replica = &l.upstreams[1];
+    assert_eq!(replica.name, "orders-readonly");
+    assert_eq!(replica.passive, orders.passive);
+    assert_eq!(replica.retry.as_ref().unwrap().per_try_timeout, None);
+    assert!(!replica.retry.as_ref().unwrap().on.matches(Failure::Timeout));
+    assert!(replica.circuit_breaker.is_none());
+
+    let by_name = |n: &str| l.routes.routes().iter().find(|r| r.name == n).unwrap();
+    let Some(Fallback::Respond(list)) = &by_name("orders-list").fallback else {
+        panic!("orders-list answers a fixed response")
+    };
+    assert_eq!(list.status, 200);
+    assert_eq!(
+        list.headers[0],
+        ("Content-Type".to_owned(), "application/json".to_owned())
+    );
+    assert_eq!(&*list.body, r#"{"orders": [], "degraded": true}"#);
+    assert!(matches!(
+        by_name("orders-read").fallback,
+        Some(Fallback::Upstream(UpstreamId(1)))
+    ));
+    assert!(by_name("orders-write").fallback.is_none());
+    let get = Req(None, "GET", vec![]);
+    assert_eq!(route(&l, &get, "/v1/orders"), "orders-list");
+    assert_eq!(route(&l, &get, "/v1/orders/7"), "orders-read");
+    assert_eq!(
+        route(&l, &Req(None, "POST", vec![]), "/v1/orders"),
+        "orders-write"
+    );
+}

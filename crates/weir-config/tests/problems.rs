@@ -362,16 +362,12 @@ upstreams:
     discovery: { dns: { name: users.internal } }
     tls: {}
     protocol: grpc
-    health_check: { passive: {} }
-    circuit_breaker: {}
-    retry: { attempts: 3 }
     rate_limit: [{ key: global, limit: 100, per: 1s, store: redis }]
 routes:
   - name: r
     upstream: users
     rate_limit: [{ key: ip, limit: 10, per: 1s, store: redis, on_error: deny }]
     cache: {}
-    fallback: {}
     grpc: {}
     transform:
       request: { headers: {}, query: {}, body: {} }
@@ -387,16 +383,12 @@ routes:
         "weir.yaml:13:5: upstreams.users.discovery: `discovery` is not supported yet; list `targets`",
         "weir.yaml:14:5: upstreams.users.tls: upstream `tls` is not supported yet",
         "weir.yaml:15:15: upstreams.users.protocol: protocol grpc is not supported yet",
-        "weir.yaml:16:21: upstreams.users.health_check.passive: passive health checks are not supported yet",
-        "weir.yaml:17:5: upstreams.users.circuit_breaker: `circuit_breaker` is not supported yet",
-        "weir.yaml:18:5: upstreams.users.retry: `retry` is not supported yet",
-        "weir.yaml:24:5: routes[0].cache: `cache` is not supported yet",
-        "weir.yaml:25:5: routes[0].fallback: `fallback` is not supported yet",
-        "weir.yaml:26:5: routes[0].grpc: `grpc` is not supported yet",
-        "weir.yaml:28:18: routes[0].transform.request.headers: request `headers` transforms are not supported yet",
-        "weir.yaml:28:31: routes[0].transform.request.query: request `query` transforms are not supported yet",
-        "weir.yaml:28:42: routes[0].transform.request.body: request `body` transforms are not supported yet",
-        "weir.yaml:29:7: routes[0].transform.response: response transforms are not supported yet",
+        "weir.yaml:21:5: routes[0].cache: `cache` is not supported yet",
+        "weir.yaml:22:5: routes[0].grpc: `grpc` is not supported yet",
+        "weir.yaml:24:18: routes[0].transform.request.headers: request `headers` transforms are not supported yet",
+        "weir.yaml:24:31: routes[0].transform.request.query: request `query` transforms are not supported yet",
+        "weir.yaml:24:42: routes[0].transform.request.body: request `body` transforms are not supported yet",
+        "weir.yaml:25:7: routes[0].transform.response: response transforms are not supported yet",
     ];
     assert_eq!(p, expected);
 }

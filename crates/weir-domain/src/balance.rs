@@ -1,4 +1,5 @@
-//! The load-balancing choice. Every policy picks among healthy targets only, with atomics and
+//! The load-balancing choice. Every policy picks among usable targets only (the caller says
+//! which: healthy, not ejected, circuit not open), with atomics and
 //! precomputed tables, so a pick never locks and never allocates.
 
 use std::sync::Arc;
@@ -103,9 +104,16 @@ impl Balancer {
         }
     }
 
-    /// Index of the chosen healthy target, or `None` when none is healthy.
+    /// Index of the chosen target among those `usable` accepts, or `None` when it accepts
+    /// none. `usable` is asked about a target only when the policy considers it.
     #[must_use]
-    pub fn pick(&self, targets: &[Arc<Target>], hash: Option<u64>, random: u64) -> Option<usize> {
+    pub fn pick(
+        &self,
+        targets: &[Arc<Target>],
+        hash: Option<u64>,
+        random: u64,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = targets.len();
         if n == 0 {
             return None;
@@ -113,14 +121,14 @@ impl Balancer {
         match self {
             Self::RoundRobin { next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                first_healthy(targets, start)
+                first_usable(n, start, &usable)
             }
             Self::Weighted { schedule, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 let len = schedule.len();
                 (0..len)
                     .map(|k| usize::from(schedule[(start + k) % len]))
-                    .find(|&i| targets[i].is_healthy())
+                    .find(|&i| usable(i))
             }
             Self::LeastConnections { next } => {
                 // Rotate the scan start so ties spread instead of piling on the first target.
@@ -128,11 +136,10 @@ impl Balancer {
                 let mut best: Option<(usize, u64)> = None;
                 for k in 0..n {
                     let i = (start + k) % n;
-                    let t = &targets[i];
-                    if !t.is_healthy() {
+                    if !usable(i) {
                         continue;
                     }
-                    let load = load_per_weight(t);
+                    let load = load_per_weight(&targets[i]);
                     if best.is_none_or(|(_, b)| load < b) {
                         best = Some((i, load));
                     }
@@ -146,7 +153,7 @@ impl Balancer {
                 } else {
                     a
                 };
-                match (targets[a].is_healthy(), targets[b].is_healthy()) {
+                match (usable(a), usable(b)) {
                     (true, true) => Some(
                         if load_per_weight(&targets[b]) < load_per_weight(&targets[a]) {
                             b
@@ -156,7 +163,7 @@ impl Balancer {
                     ),
                     (true, false) => Some(a),
                     (false, true) => Some(b),
-                    (false, false) => first_healthy(targets, a),
+                    (false, false) => first_usable(n, a, &usable),
                 }
             }
             Self::ConsistentHash { ring } => {
@@ -164,7 +171,7 @@ impl Balancer {
                 let start = ring.partition_point(|(p, _)| *p < point);
                 (0..ring.len())
                     .map(|k| usize::from(ring[(start + k) % ring.len()].1))
-                    .find(|&i| targets[i].is_healthy())
+                    .find(|&i| usable(i))
             }
         }
     }
@@ -176,11 +183,8 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
     stable_hash(bytes)
 }
 
-fn first_healthy(targets: &[Arc<Target>], start: usize) -> Option<usize> {
-    let n = targets.len();
-    (0..n)
-        .map(|k| (start + k) % n)
-        .find(|&i| targets[i].is_healthy())
+fn first_usable(n: usize, start: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
 }
 
 fn load_per_weight(t: &Target) -> u64 {

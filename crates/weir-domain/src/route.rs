@@ -384,6 +384,16 @@ pub enum RouteAction {
     Respond(StaticResponse),
 }
 
+/// `fallback`: what a route answers when its upstream cannot (no available target, the
+/// circuit open, a connection failure or a timeout).
+#[derive(Clone, Debug)]
+pub enum Fallback {
+    /// A static response.
+    Respond(StaticResponse),
+    /// One try on another upstream.
+    Upstream(UpstreamId),
+}
+
 /// Path rewriting before forwarding: strip a prefix, rewrite by regex, then add a prefix.
 #[derive(Clone, Debug, Default)]
 pub struct PathTransform {
@@ -448,6 +458,7 @@ pub struct Route {
     pub access: Access,
     /// `rate_limit`: every policy must admit the request.
     pub rate_limits: Vec<crate::ratelimit::RateLimitPolicy>,
+    pub fallback: Option<Fallback>,
 }
 
 /// A route's edge policies, in the order they run: IP lists, CORS, authentication.

@@ -5,7 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::balance::Balancer;
+use crate::breaker::{Breaker, BreakerPolicy, CircuitState, Pass};
 use crate::health::HealthCounters;
+use crate::outlier::{self, Outlier, PassivePolicy};
+use crate::retry::{RetryBudget, RetryPolicy};
+use crate::window::{BUCKETS, Totals, Window};
 
 /// How a target is spoken to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +96,11 @@ pub struct Target {
     healthy: AtomicBool,
     in_flight: AtomicUsize,
     pub health: HealthCounters,
+    /// Passive health: ejection by failures of real traffic.
+    pub outlier: Outlier,
+    pub breaker: Breaker,
+    /// Successes (`a`) and failures (`b`) of recent tries, for the breaker and `/upstreams`.
+    pub recent: Window,
 }
 
 impl Target {
@@ -104,6 +113,9 @@ impl Target {
             healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             health: HealthCounters::default(),
+            outlier: Outlier::default(),
+            breaker: Breaker::default(),
+            recent: Window::default(),
         }
     }
 
@@ -205,16 +217,135 @@ pub struct Upstream {
     pub health_check: Option<ActiveHealthCheck>,
     /// `rate_limit`: applies to every route to this upstream, after the route's own.
     pub rate_limits: Vec<crate::ratelimit::RateLimitPolicy>,
+    /// `health_check.passive`.
+    pub passive: Option<PassivePolicy>,
+    pub circuit_breaker: Option<BreakerPolicy>,
+    pub retry: Option<RetryPolicy>,
+    /// Spent by retries; unused without `retry`.
+    pub budget: RetryBudget,
 }
 
-impl Upstream {
-    /// Chooses a healthy target. `hash` is the request's key hash for `consistent_hash`,
-    /// `random` a fresh random number. `None` when no target is healthy.
+/// Targets a request already tried, so a retry goes elsewhere when it can. Indexes past 63
+/// are not remembered (they may be tried again).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn add(&mut self, index: usize) {
+        if index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+
     #[must_use]
-    pub fn pick(&self, hash: Option<u64>, random: u64) -> Option<&Arc<Target>> {
-        self.balancer
-            .pick(&self.targets, hash, random)
-            .map(|i| &self.targets[i])
+    pub const fn contains(self, index: usize) -> bool {
+        index < 64 && self.0 & (1 << index) != 0
+    }
+}
+
+/// What one outcome changed, for logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The target's circuit moved to this state.
+    pub circuit: Option<CircuitState>,
+    /// The target was ejected for this long.
+    pub ejected: Option<Duration>,
+}
+
+/// A target's recent tries: how many, and the share that failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Recent {
+    pub requests: u64,
+    pub failure_ratio: f64,
+}
+
+/// The recent-outcome window without a breaker: 10 s.
+const DEFAULT_SLOT_MS: u64 = 10_000 / BUCKETS as u64;
+
+impl Upstream {
+    /// Whether a request may go to `target` now: healthy by active checks, not ejected, and
+    /// its circuit not refusing.
+    #[must_use]
+    pub fn available(&self, target: &Target, now_ms: u64) -> bool {
+        target.is_healthy()
+            && !(self.passive.is_some() && target.outlier.is_ejected(now_ms))
+            && self
+                .circuit_breaker
+                .as_ref()
+                .is_none_or(|p| target.breaker.available(now_ms, p))
+    }
+
+    /// Chooses an available target. A first try asks the balancer; a retry takes a random
+    /// available target not in `tried` (any available one when all were tried), so retries
+    /// neither advance the balancer's rotation (which would send every next first try to a
+    /// failing target) nor return to the target that just failed. `hash` is the request's
+    /// key hash for `consistent_hash`, `random` a fresh random number. `None` when no target
+    /// is available.
+    #[must_use]
+    pub fn pick(&self, hash: Option<u64>, random: u64, now_ms: u64, tried: Tried) -> Option<usize> {
+        let usable = |i: usize| self.available(&self.targets[i], now_ms);
+        if tried == Tried::default() {
+            return self.balancer.pick(&self.targets, hash, random, usable);
+        }
+        let n = self.targets.len();
+        let start = usize::try_from(random % n.max(1) as u64).unwrap_or(0);
+        let scan = |ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
+        scan(&|i| !tried.contains(i) && usable(i)).or_else(|| scan(&usable))
+    }
+
+    /// Takes the target's circuit pass (always granted without a breaker).
+    #[must_use]
+    pub fn acquire(&self, index: usize, now_ms: u64) -> Option<Pass> {
+        match &self.circuit_breaker {
+            Some(p) => self.targets[index].breaker.acquire(now_ms, p),
+            None => Some(Pass::Closed),
+        }
+    }
+
+    /// Records the outcome of a try sent to `targets[index]` with `pass`.
+    pub fn record(&self, index: usize, pass: Pass, ok: bool, now_ms: u64) -> Changes {
+        let target = &self.targets[index];
+        target
+            .recent
+            .add(now_ms, self.recent_slot_ms(), u64::from(ok), u64::from(!ok));
+        Changes {
+            circuit: self
+                .circuit_breaker
+                .as_ref()
+                .and_then(|p| target.breaker.record(now_ms, p, pass, ok, &target.recent)),
+            ejected: self
+                .passive
+                .as_ref()
+                .and_then(|p| outlier::record(&self.targets, index, p, ok, now_ms)),
+        }
+    }
+
+    /// Gives back a pass whose try ended without an outcome.
+    pub fn cancel(&self, index: usize, pass: Pass) {
+        self.targets[index].breaker.cancel(pass);
+    }
+
+    /// The target's tries over the recent window (the breaker's `window`, else 10 s).
+    #[must_use]
+    pub fn recent(&self, index: usize, now_ms: u64) -> Recent {
+        let Totals { a, b } = self.targets[index]
+            .recent
+            .totals(now_ms, self.recent_slot_ms());
+        let requests = a + b;
+        Recent {
+            requests,
+            failure_ratio: if requests == 0 {
+                0.0
+            } else {
+                b as f64 / requests as f64
+            },
+        }
+    }
+
+    fn recent_slot_ms(&self) -> u64 {
+        self.circuit_breaker
+            .as_ref()
+            .map_or(DEFAULT_SLOT_MS, BreakerPolicy::slot_ms)
     }
 
     #[must_use]

@@ -151,18 +151,45 @@ pub struct RouteMetrics {
     pub rate_overflow: AtomicU64,
     /// `weir_rate_limit_store_errors_total`: decisions the shared store could not make.
     pub rate_store_errors: AtomicU64,
+    /// `weir_fallbacks_total`, by kind (static, upstream).
+    pub fallbacks: [AtomicU64; 2],
 }
 
 /// Per-target metrics.
 #[derive(Debug, Default)]
 pub struct TargetMetrics {
-    /// Keyed by status only.
+    /// Keyed by status only; every try that got a response head.
     pub responses: KeyedCounter,
+    /// Tries without a response head, by [`FailureReason`].
+    pub failures: [AtomicU64; FailureReason::ALL.len()],
 }
 
-/// Per-upstream metrics.
+/// Why a try got no response head (`weir_upstream_failures_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    Connect = 0,
+    Reset = 1,
+    Timeout = 2,
+}
+
+impl FailureReason {
+    pub const ALL: [Self; 3] = [Self::Connect, Self::Reset, Self::Timeout];
+
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Reset => "reset",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// Per-upstream metrics, shared by the upstream's forwarder (which counts every try) and
+/// the admin API.
 #[derive(Debug, Default)]
 pub struct UpstreamMetrics {
+    /// Time from sending a try to its response head.
     pub duration: Histogram,
     pub targets: Vec<TargetMetrics>,
 }
@@ -255,6 +282,24 @@ pub fn render_routes<'a>(
             let n = read(m);
             if n > 0 {
                 let _ = writeln!(out, "{metric}{{route=\"{}\"}} {n}", label(name));
+            }
+        }
+    }
+    family(
+        out,
+        "weir_fallbacks_total",
+        "counter",
+        "Responses served by a route's fallback, by route and kind (static, upstream).",
+    );
+    for (name, m) in routes.clone() {
+        for (kind, n) in ["static", "upstream"].iter().zip(&m.fallbacks) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "weir_fallbacks_total{{route=\"{}\",kind=\"{kind}\"}} {n}",
+                    label(name)
+                );
             }
         }
     }

@@ -136,25 +136,7 @@ fn path_source(p: &PathPattern) -> String {
 }
 
 async fn upstreams(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
-    let snap = shared.snapshot.load();
-    let list: Vec<Value> = snap
-        .gateway
-        .upstreams
-        .iter()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "load_balancing": u.balancer.policy().name(),
-                "protocol": match u.protocol { weir_domain::upstream::Protocol::Http1 => "http1", weir_domain::upstream::Protocol::Http2 => "http2" },
-                "active_health_check": u.health_check.is_some(),
-                "healthy_targets": u.healthy_count(),
-                "targets": u.targets.iter().map(|t| json!({
-                    "url": t.url, "weight": t.weight, "healthy": t.is_healthy(), "in_flight": t.in_flight(),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    axum::Json(json!({"upstreams": list}))
+    axum::Json(crate::upstream_view::json(&shared.snapshot.load()))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -167,56 +149,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .zip(snap.route_metrics.iter())
         .chain(std::iter::once(("", &snap.unmatched_metrics)));
     render_routes(&mut out, routes);
-    family(
-        &mut out,
-        "weir_upstream_requests_total",
-        "counter",
-        "Upstream responses, by upstream, target and status.",
-    );
-    for (u, up) in snap.gateway.upstreams.iter().enumerate() {
-        let m = &snap.upstream_metrics[u];
-        for (t, target) in up.targets.iter().enumerate() {
-            let (counts, _) = m.targets[t].responses.snapshot();
-            for (status, n) in counts {
-                let _ = writeln!(
-                    out,
-                    "weir_upstream_requests_total{{upstream=\"{}\",target=\"{}\",status=\"{status}\"}} {n}",
-                    label(&up.name),
-                    label(&target.url)
-                );
-            }
-        }
-    }
-    family(
-        &mut out,
-        "weir_upstream_duration_seconds",
-        "histogram",
-        "Time from forwarding to the upstream's response head.",
-    );
-    for (u, up) in snap.gateway.upstreams.iter().enumerate() {
-        snap.upstream_metrics[u].duration.render_into(
-            &mut out,
-            "weir_upstream_duration_seconds",
-            &format!("upstream=\"{}\"", label(&up.name)),
-        );
-    }
-    family(
-        &mut out,
-        "weir_upstream_target_healthy",
-        "gauge",
-        "1 when the target is in rotation.",
-    );
-    for up in &snap.gateway.upstreams {
-        for t in &up.targets {
-            let _ = writeln!(
-                out,
-                "weir_upstream_target_healthy{{upstream=\"{}\",target=\"{}\"}} {}",
-                label(&up.name),
-                label(&t.url),
-                u8::from(t.is_healthy())
-            );
-        }
-    }
+    crate::upstream_view::render_metrics(&mut out, &snap);
     family(
         &mut out,
         "weir_connections_active",

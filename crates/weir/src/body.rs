@@ -201,6 +201,9 @@ impl Finish {
         if self.exchange.rate_overflow {
             route_metrics.rate_overflow.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(kind) = self.exchange.fallback {
+            route_metrics.fallbacks[kind as usize].fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(f) = self.exchange.auth_failure {
             route_metrics.auth_failures[f.index()].fetch_add(1, Ordering::Relaxed);
         }

@@ -6,7 +6,8 @@ use weir_app::Gateway;
 use weir_config::Loaded;
 use weir_domain::auth::{Provider, ProviderKind};
 use weir_domain::path;
-use weir_domain::route::{MethodSet, Route, RouteAction};
+use weir_domain::retry::RetryPolicy;
+use weir_domain::route::{Fallback, MethodSet, Route, RouteAction};
 use weir_domain::router::{Lookup, RequestHead, RouteTable};
 use weir_domain::upstream::Upstream;
 
@@ -88,10 +89,18 @@ fn steps(
                 out.push(format!("path.add_prefix {p}"));
             }
             out.push("forwarded_headers".to_owned());
+            let mut skipped = vec!["unhealthy"];
+            if u.passive.is_some() {
+                skipped.push("ejected");
+            }
+            if u.circuit_breaker.is_some() {
+                skipped.push("circuit-open");
+            }
             out.push(format!(
-                "load_balance {} over {} targets",
+                "load_balance {} over {} targets, skipping {}",
                 u.balancer.policy().name(),
-                u.targets.len()
+                u.targets.len(),
+                skipped.join(", ")
             ));
             let timeout = route.timeout.unwrap_or(u.timeouts.request);
             out.push(format!(
@@ -99,9 +108,66 @@ fn steps(
                 u.name,
                 timeout.as_millis()
             ));
+            if let Some(p) = &u.passive {
+                out.push(format!(
+                    "passive_health eject after {} consecutive failures for {}ms (growing), at most {}% of targets",
+                    p.consecutive_failures,
+                    p.eject_for.as_millis(),
+                    p.max_ejected_percent
+                ));
+            }
+            if let Some(p) = &u.circuit_breaker {
+                out.push(format!(
+                    "circuit_breaker per target: open at {}% failures of >= {} requests in {}ms, for {}ms, then {} probes",
+                    p.failure_ratio * 100.0,
+                    p.min_requests,
+                    p.window.as_millis(),
+                    p.open_for.as_millis(),
+                    p.half_open_requests
+                ));
+            }
+            out.push(match &u.retry {
+                Some(p) => retry_plan(p),
+                None => "retry none (one try)".to_owned(),
+            });
         }
     }
+    out.push(match &route.fallback {
+        None => "fallback none".to_owned(),
+        Some(Fallback::Respond(s)) => format!(
+            "fallback respond {} when the upstream is unavailable, failing or timed out",
+            s.status
+        ),
+        Some(Fallback::Upstream(id)) => format!(
+            "fallback upstream \"{}\" (one try) when the upstream is unavailable, failing or timed out",
+            upstreams.get(id.0).map_or("?", |u| u.name.as_str())
+        ),
+    });
     out
+}
+
+fn retry_plan(p: &RetryPolicy) -> String {
+    let per_try = p
+        .per_try_timeout
+        .map_or_else(String::new, |t| format!(", {}ms per try", t.as_millis()));
+    format!(
+        "retry up to {} attempts on {} ({}), backoff {}..{}ms x{}{}{}, body replayed up to {} bytes, budget {}% of requests + {}/s",
+        p.attempts,
+        p.on.names().join(" "),
+        if p.idempotent_only {
+            "idempotent methods only"
+        } else {
+            "any method"
+        },
+        p.backoff.initial.as_millis(),
+        p.backoff.max.as_millis(),
+        p.backoff.multiplier,
+        if p.backoff.jitter { " full jitter" } else { "" },
+        per_try,
+        weir_domain::retry::MAX_REPLAY_BODY,
+        p.budget.ratio * 100.0,
+        p.budget.min_per_second
+    )
 }
 
 fn kind_name(kind: &ProviderKind) -> &'static str {

@@ -3,28 +3,35 @@
 //! crate may name both layers.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use weir_app::body::{LimitedBody, is_body_too_large};
+use weir_app::body::{ReqBody, is_body_too_large};
 use weir_app::limits::{SharedAnswer, SharedCheck, SharedLimiter};
 use weir_app::{Authenticator, ForwardError, Forwarder};
 use weir_domain::auth::{ProviderId, Verdict};
 use weir_infra::auth::Authenticators;
 use weir_infra::client::{PooledBody, UpstreamClient};
+use weir_infra::metrics::{FailureReason, UpstreamMetrics};
 use weir_infra::ratelimit::{RedisAnswer, RedisCheck, RedisLimiter};
 
 use crate::body::CountingBody;
 
 /// The request body as it travels upstream.
-pub type UpstreamBody = LimitedBody<CountingBody<Incoming>>;
+pub type UpstreamBody = ReqBody<CountingBody<Incoming>>;
 
-/// One upstream's client.
-pub struct Forward(pub UpstreamClient<UpstreamBody>);
+/// One upstream's client, and the metrics every try counts in.
+pub struct Forward {
+    pub client: UpstreamClient<UpstreamBody>,
+    pub metrics: Arc<UpstreamMetrics>,
+}
 
 impl std::fmt::Debug for Forward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.client.fmt(f)
     }
 }
 
@@ -35,16 +42,31 @@ impl Forwarder<UpstreamBody> for Forward {
         &self,
         target: usize,
         req: Request<UpstreamBody>,
+        timeout: Duration,
     ) -> Result<Response<Self::ResBody>, ForwardError> {
-        self.0.send(target, req).await.map_err(|e| {
-            if e.is_connect() {
-                ForwardError::Connect(Box::new(e))
-            } else if is_body_too_large(&e) {
-                ForwardError::BodyTooLarge
-            } else {
-                ForwardError::Other(Box::new(e))
+        let start = Instant::now();
+        let sent = tokio::time::timeout(timeout, self.client.send(target, req)).await;
+        let m = &self.metrics;
+        let result = match sent {
+            Err(_) => Err(ForwardError::Timeout),
+            Ok(Ok(resp)) => {
+                m.duration.observe(start.elapsed());
+                m.targets[target]
+                    .responses
+                    .increment(u32::from(resp.status().as_u16()));
+                return Ok(resp);
             }
-        })
+            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(Box::new(e))),
+            Ok(Err(e)) if is_body_too_large(&e) => return Err(ForwardError::BodyTooLarge),
+            Ok(Err(e)) => Err(ForwardError::Other(Box::new(e))),
+        };
+        let reason = match &result {
+            Err(ForwardError::Connect(_)) => FailureReason::Connect,
+            Err(ForwardError::Timeout) => FailureReason::Timeout,
+            _ => FailureReason::Reset,
+        };
+        m.targets[target].failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+        result
     }
 }
 

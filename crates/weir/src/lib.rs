@@ -18,6 +18,7 @@ pub mod service;
 pub mod signals;
 pub mod snapshot;
 pub mod start;
+pub mod upstream_view;
 
 pub use start::{Running, StartError, start};
 

@@ -48,7 +48,6 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     let mut in_flight = None;
     let mut response = match result {
         Ok(Outcome::Proxied(mut resp, guard)) => {
-            record_upstream(&snapshot, &exchange, resp.status(), start);
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             match (switching, client_upgrade) {
                 (true, None) => {
@@ -72,15 +71,8 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
                 }
             }
         }
-        Ok(Outcome::Respond(i)) => match &snapshot.replies[i] {
-            Some(reply) => {
-                let mut resp = Response::new(Body::full(reply.body.clone()));
-                *resp.status_mut() = reply.status;
-                *resp.headers_mut() = reply.headers.clone();
-                resp
-            }
-            None => Response::new(Body::empty()),
-        },
+        Ok(Outcome::Respond(i)) => reply(snapshot.replies[i].as_ref()),
+        Ok(Outcome::Fallback(i)) => reply(snapshot.fallbacks[i].as_ref()),
         Ok(Outcome::Preflight(headers)) => {
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -114,16 +106,16 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     response
 }
 
-fn record_upstream(
-    snapshot: &crate::snapshot::Snapshot,
-    ex: &Exchange,
-    status: StatusCode,
-    start: Instant,
-) {
-    if let (Some(u), Some(t)) = (ex.upstream, ex.target_index) {
-        let m = &snapshot.upstream_metrics[u];
-        m.duration.observe(start.elapsed());
-        m.targets[t].responses.increment(u32::from(status.as_u16()));
+/// A prebuilt static response (`respond:` or a static `fallback`).
+fn reply(prebuilt: Option<&crate::snapshot::StaticReply>) -> Response<Body> {
+    match prebuilt {
+        Some(reply) => {
+            let mut resp = Response::new(Body::full(reply.body.clone()));
+            *resp.status_mut() = reply.status;
+            *resp.headers_mut() = reply.headers.clone();
+            resp
+        }
+        None => Response::new(Body::empty()),
     }
 }
 

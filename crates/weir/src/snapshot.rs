@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode};
 use weir_app::Gateway;
 use weir_app::pipeline::Parts;
 use weir_config::{Loaded, Settings};
-use weir_domain::route::RouteAction;
+use weir_domain::route::{Fallback, RouteAction};
 use weir_infra::access_log::AccessLog;
 use weir_infra::client::UpstreamClient;
 use weir_infra::health::Checks;
@@ -34,11 +34,13 @@ pub struct Snapshot {
     pub route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route (`route=""`).
     pub unmatched_metrics: RouteMetrics,
-    pub upstream_metrics: Vec<UpstreamMetrics>,
+    pub upstream_metrics: Vec<Arc<UpstreamMetrics>>,
     pub route_names: Vec<Arc<str>>,
     pub upstream_names: Vec<Arc<str>>,
     /// Per route, its static reply when it has one.
     pub replies: Vec<Option<StaticReply>>,
+    /// Per route, its static `fallback` when it has one.
+    pub fallbacks: Vec<Option<StaticReply>>,
     pub access_log: Option<AccessLog>,
     pub effective: serde_json::Value,
     pub version: String,
@@ -71,6 +73,14 @@ impl Snapshot {
                 RouteAction::Upstream(_) => Ok(None),
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let fallbacks = routes
+            .routes()
+            .iter()
+            .map(|r| match &r.fallback {
+                Some(Fallback::Respond(s)) => Some(static_reply(s)).transpose(),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let route_names = routes
             .routes()
             .iter()
@@ -85,27 +95,33 @@ impl Snapshot {
             .iter()
             .map(|u| Arc::from(u.name.as_str()))
             .collect();
-        let upstream_metrics = upstreams
+        let upstream_metrics: Vec<Arc<UpstreamMetrics>> = upstreams
             .iter()
-            .map(|u| UpstreamMetrics {
-                duration: weir_infra::metrics::Histogram::default(),
-                targets: u.targets.iter().map(|_| TargetMetrics::default()).collect(),
+            .map(|u| {
+                Arc::new(UpstreamMetrics {
+                    duration: weir_infra::metrics::Histogram::default(),
+                    targets: u.targets.iter().map(|_| TargetMetrics::default()).collect(),
+                })
             })
             .collect();
         let forwarders = upstreams
             .iter()
-            .map(|u| {
+            .zip(&upstream_metrics)
+            .map(|(u, metrics)| {
                 let authorities: Vec<&str> = u
                     .targets
                     .iter()
                     .map(|t| t.addr.authority.as_str())
                     .collect();
-                Forward(UpstreamClient::new(
-                    u.protocol,
-                    u.timeouts.connect,
-                    &authorities,
-                    workers,
-                ))
+                Forward {
+                    client: UpstreamClient::new(
+                        u.protocol,
+                        u.timeouts.connect,
+                        &authorities,
+                        workers,
+                    ),
+                    metrics: Arc::clone(metrics),
+                }
             })
             .collect();
         let checks = Checks::start(&upstreams);
@@ -146,6 +162,7 @@ impl Snapshot {
             route_names,
             upstream_names,
             replies,
+            fallbacks,
             access_log,
             effective,
             version,

@@ -3,6 +3,10 @@ use std::collections::HashMap;
 use super::*;
 use crate::upstream::TargetAddr;
 
+fn healthy(ts: &[Arc<Target>], i: usize) -> bool {
+    ts[i].is_healthy()
+}
+
 fn targets(weights: &[u32]) -> Vec<Arc<Target>> {
     weights
         .iter()
@@ -22,7 +26,7 @@ fn counts(b: &Balancer, ts: &[Arc<Target>], n: u64) -> Vec<u64> {
     let mut c = vec![0; ts.len()];
     for k in 0..n {
         let r = mix(k.wrapping_add(12345));
-        if let Some(i) = b.pick(ts, None, r) {
+        if let Some(i) = b.pick(ts, None, r, |i| healthy(ts, i)) {
             c[i] += 1;
         }
     }
@@ -40,7 +44,7 @@ fn round_robin_is_even_and_skips_unhealthy() {
     assert_eq!(c[0] + c[2], 300);
     ts[0].set_healthy(false);
     ts[2].set_healthy(false);
-    assert_eq!(b.pick(&ts, None, 1), None);
+    assert_eq!(b.pick(&ts, None, 1, |i| healthy(&ts, i)), None);
 }
 
 #[test]
@@ -50,7 +54,9 @@ fn weighted_is_exact_and_smooth() {
     assert_eq!(counts(&b, &ts, 4000), vec![3000, 1000]);
     let ts = targets(&[5, 1, 1]);
     let b = Balancer::new(LoadBalancing::Weighted, &ts);
-    let seq: Vec<_> = (0..7).map(|_| b.pick(&ts, None, 0).unwrap()).collect();
+    let seq: Vec<_> = (0..7)
+        .map(|_| b.pick(&ts, None, 0, |i| healthy(&ts, i)).unwrap())
+        .collect();
     assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
 }
 
@@ -72,7 +78,7 @@ fn least_connections_prefers_idle() {
     let _busy0 = ts[0].start_request();
     let _busy2 = ts[2].start_request();
     for _ in 0..10 {
-        assert_eq!(b.pick(&ts, None, 0), Some(1));
+        assert_eq!(b.pick(&ts, None, 0, |i| healthy(&ts, i)), Some(1));
     }
 }
 
@@ -97,11 +103,11 @@ fn consistent_hash_is_sticky_and_moves_few_keys() {
         .collect();
     let before: Vec<_> = keys
         .iter()
-        .map(|&h| b.pick(&ts, Some(h), 0).unwrap())
+        .map(|&h| b.pick(&ts, Some(h), 0, |i| healthy(&ts, i)).unwrap())
         .collect();
     let again: Vec<_> = keys
         .iter()
-        .map(|&h| b.pick(&ts, Some(h), 99).unwrap())
+        .map(|&h| b.pick(&ts, Some(h), 99, |i| healthy(&ts, i)).unwrap())
         .collect();
     assert_eq!(before, again);
     let mut per: HashMap<usize, usize> = HashMap::new();
@@ -115,7 +121,11 @@ fn consistent_hash_is_sticky_and_moves_few_keys() {
     let moved = keys
         .iter()
         .zip(&before)
-        .filter(|(h, old)| b2.pick(&fewer, Some(**h), 0).unwrap() != **old)
+        .filter(|(h, old)| {
+            b2.pick(&fewer, Some(**h), 0, |i| healthy(&fewer, i))
+                .unwrap()
+                != **old
+        })
         .count();
     assert_eq!(moved, per[&3]);
     // Marking it unhealthy moves the same keys and no others.
@@ -123,7 +133,7 @@ fn consistent_hash_is_sticky_and_moves_few_keys() {
     let moved_unhealthy = keys
         .iter()
         .zip(&before)
-        .filter(|(h, old)| b.pick(&ts, Some(**h), 0).unwrap() != **old)
+        .filter(|(h, old)| b.pick(&ts, Some(**h), 0, |i| healthy(&ts, i)).unwrap() != **old)
         .count();
     assert_eq!(moved_unhealthy, per[&3]);
 }

@@ -101,6 +101,7 @@ fn table(specs: Vec<R>) -> RouteTable {
             path_transform: PathTransform::default(),
             access: crate::route::Access::default(),
             rate_limits: Vec::new(),
+            fallback: None,
         })
         .collect();
     RouteTable::build(routes).unwrap()
@@ -268,6 +269,7 @@ fn conflicts_are_reported() {
                 path_transform: PathTransform::default(),
                 access: crate::route::Access::default(),
                 rate_limits: Vec::new(),
+                fallback: None,
             })
             .collect();
         RouteTable::build(routes)
