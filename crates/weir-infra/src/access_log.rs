@@ -29,6 +29,10 @@ pub struct Record {
     /// The authenticated identity (consumer name or token subject).
     pub consumer: Option<Arc<str>>,
     pub status: u16,
+    /// Tries after the first.
+    pub retries: u32,
+    /// `static` or `upstream` when the route's fallback answered.
+    pub fallback: Option<&'static str>,
     pub duration: Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -134,10 +138,16 @@ pub fn format_line(out: &mut String, r: &Record) {
             None => out.push_str("null"),
         }
     }
+    let _ = write!(out, ",\"status\":{},\"retries\":{}", r.status, r.retries);
+    match r.fallback {
+        Some(kind) => {
+            let _ = write!(out, ",\"fallback\":\"{kind}\"");
+        }
+        None => out.push_str(",\"fallback\":null"),
+    }
     let _ = write!(
         out,
-        ",\"status\":{},\"duration_ms\":{:.3},\"bytes_in\":{},\"bytes_out\":{},\"user_agent\":",
-        r.status,
+        ",\"duration_ms\":{:.3},\"bytes_in\":{},\"bytes_out\":{},\"user_agent\":",
         r.duration.as_secs_f64() * 1e3,
         r.bytes_in,
         r.bytes_out
@@ -205,6 +215,8 @@ mod tests {
             consumer: None,
             target: None,
             status: 200,
+            retries: 2,
+            fallback: Some("static"),
             duration: Duration::from_micros(1500),
             bytes_in: 0,
             bytes_out: 10,
@@ -219,6 +231,7 @@ mod tests {
         assert!(s.contains("\"path\":\"/a\\\"b\\u000a\""), "{s}");
         assert!(s.contains("\"upstream\":null"));
         assert!(s.contains("\"duration_ms\":1.500"));
+        assert!(s.contains("\"status\":200,\"retries\":2,\"fallback\":\"static\","));
         assert!(s.ends_with("}\n"));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use weir_app::pipeline::Exchange;
+use weir_app::pipeline::{Exchange, FallbackKind};
 use weir_domain::upstream::InFlight;
 use weir_infra::access_log::Record;
 use weir_infra::client::PooledBody;
@@ -236,6 +236,8 @@ impl Finish {
                     .as_ref()
                     .map(|p| Arc::clone(&p.name)),
                 status: self.status,
+                retries: self.exchange.retries,
+                fallback: self.exchange.fallback.map(FallbackKind::label),
                 duration: elapsed,
                 bytes_in: log.bytes_in.load(Ordering::Relaxed),
                 bytes_out,
