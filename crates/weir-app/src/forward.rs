@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use http::{Request, Response};
+use weir_domain::upstream::Target;
 
 /// Why forwarding failed, as far as the pipeline needs to know.
 #[derive(Debug)]
@@ -28,16 +29,24 @@ impl std::fmt::Display for ForwardError {
     }
 }
 
+/// Makes the per-target state a forwarder keeps: its connection pool and counters. Made
+/// once per target, kept while discovery keeps the target.
+pub trait Connector: Send + Sync + 'static {
+    type Conn: Clone + Send + Sync + std::fmt::Debug + 'static;
+
+    fn conn(&self, target: &Target) -> Self::Conn;
+}
+
 /// Sends a request (already rewritten for the upstream, with an absolute URI naming the
 /// target) and resolves with the response head within `timeout`; the body streams
 /// afterwards. Each call is one try: implementations count it in the upstream's metrics.
-pub trait Forwarder<B>: Send + Sync + 'static {
+pub trait Forwarder<B>: Connector {
     type ResBody: Send + 'static;
 
-    /// `target` is the index of the chosen target in its upstream.
+    /// `conn` is the chosen target's state, from [`Connector::conn`].
     fn forward(
         &self,
-        target: usize,
+        conn: &Self::Conn,
         req: Request<B>,
         timeout: std::time::Duration,
     ) -> impl Future<Output = Result<Response<Self::ResBody>, ForwardError>> + Send;

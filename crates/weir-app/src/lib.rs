@@ -14,11 +14,12 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod limits;
+pub mod members;
 pub mod pipeline;
 pub mod request_id;
 mod tries;
 
 pub use access::Authenticator;
 pub use error::GatewayError;
-pub use forward::{ForwardError, Forwarder};
+pub use forward::{Connector, ForwardError, Forwarder};
 pub use pipeline::{Exchange, Gateway, Outcome};

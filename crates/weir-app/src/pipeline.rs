@@ -5,13 +5,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use weir_domain::ErrorKind;
 use weir_domain::auth::{AuthFailure, Principal, Provider};
 use weir_domain::balance::hash_key;
+use weir_domain::discovery::Endpoint;
 use weir_domain::net::Cidr;
 use weir_domain::path;
 use weir_domain::retry;
@@ -22,9 +24,10 @@ use weir_domain::upstream::{HashKey, InFlight, Target, Upstream};
 use crate::access::{self, Authenticator, RouteAccess};
 use crate::body::{LimitedBody, ReqBody};
 use crate::error::GatewayError;
-use crate::forward::Forwarder;
+use crate::forward::{Connector, Forwarder};
 use crate::headers;
 use crate::limits::{Admission, Caller, RateInfo, RouteLimits, SharedLimiter};
+use crate::members::Members;
 use crate::tries::{self, Dest, Outgoing, Replay};
 
 /// Marks a response served by a route's `fallback`.
@@ -167,13 +170,13 @@ pub struct Parts<F, A, S> {
 
 /// One config generation's request pipeline: routes, upstreams and their forwarders.
 #[derive(Debug)]
-pub struct Gateway<F, A, S> {
+pub struct Gateway<F: Connector, A, S> {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
-    /// One forwarder per upstream (same index), each with its own connection pool.
+    /// One forwarder per upstream (same index).
     pub forwarders: Vec<F>,
-    /// `[upstream][target]`: each target's authority, parsed once.
-    authorities: Vec<Vec<Authority>>,
+    /// Per upstream (same index), its current targets; discovery swaps them.
+    members: Vec<ArcSwap<Members<F::Conn>>>,
     pub trusted_proxies: Vec<Cidr>,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
@@ -186,7 +189,7 @@ pub struct Gateway<F, A, S> {
     limits: Vec<RouteLimits>,
 }
 
-impl<F, A, S> Gateway<F, A, S> {
+impl<F: Connector, A, S> Gateway<F, A, S> {
     /// Assembles a pipeline. Target authorities were validated by the config layer; one that
     /// still fails to parse is a bug reported here rather than per request.
     pub fn new(parts: Parts<F, A, S>) -> Result<Self, String> {
@@ -207,23 +210,16 @@ impl<F, A, S> Gateway<F, A, S> {
             .map(|r| RouteAccess::build(r, &providers))
             .collect::<Result<Vec<_>, _>>()?;
         let limits = crate::limits::build(routes.routes(), &upstreams)?;
-        let authorities = upstreams
+        let members = upstreams
             .iter()
-            .map(|u| {
-                u.targets
-                    .iter()
-                    .map(|t| {
-                        Authority::try_from(t.addr.authority.as_str())
-                            .map_err(|e| format!("target {}: {e}", t.url))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .zip(&forwarders)
+            .map(|(u, f)| Members::initial(u, f).map(ArcSwap::from_pointee))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             routes,
             upstreams,
             forwarders,
-            authorities,
+            members,
             trusted_proxies,
             max_header_bytes,
             max_body_bytes,
@@ -248,6 +244,25 @@ impl<F, A, S> Gateway<F, A, S> {
         }
         if ex.fallback.is_some() {
             headers.insert(&X_FALLBACK, HeaderValue::from_static("true"));
+        }
+    }
+
+    /// Upstream `id`'s current targets.
+    #[must_use]
+    pub fn members(&self, id: usize) -> Arc<Members<F::Conn>> {
+        self.members[id].load_full()
+    }
+
+    /// Applies a discovery source's answer to upstream `id`. Requests in flight keep the set
+    /// they started with. Returns whether the targets changed.
+    pub fn set_targets(&self, id: usize, endpoints: &[Endpoint]) -> bool {
+        let current = self.members[id].load();
+        match current.update(&self.upstreams[id], &self.forwarders[id], endpoints) {
+            Some(next) => {
+                self.members[id].store(Arc::new(next));
+                true
+            }
+            None => false,
         }
     }
 
@@ -276,7 +291,7 @@ impl RequestHead for Head<'_> {
     }
 }
 
-impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
+impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
     /// Takes a request from the edge to an upstream response (or a static one).
     pub async fn handle<B>(
         &self,
@@ -517,7 +532,7 @@ impl<F, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             id,
             upstream: &self.upstreams[id],
             forwarder: &self.forwarders[id],
-            authorities: &self.authorities[id],
+            members: self.members[id].load_full(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! retried status response is held until the next try is actually sent, so when no target
 //! is left it is still the answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,12 +18,13 @@ use weir_domain::ErrorKind;
 use weir_domain::breaker::{CircuitState, Pass};
 use weir_domain::health::{self, Transition};
 use weir_domain::retry::{Failure, RetryPolicy};
-use weir_domain::upstream::{Changes, InFlight, Protocol, Tried, Upstream};
+use weir_domain::upstream::{Changes, InFlight, Protocol, Target, TargetSet, Tried, Upstream};
 
 use crate::body::{LimitedBody, ReqBody};
 use crate::clock;
 use crate::error::GatewayError;
-use crate::forward::{ForwardError, Forwarder};
+use crate::forward::{Connector, ForwardError, Forwarder};
+use crate::members::Members;
 use crate::pipeline::Exchange;
 use crate::request_id;
 
@@ -95,13 +97,12 @@ impl<B> Outgoing<B> {
     }
 }
 
-/// An upstream and what it takes to reach its targets.
-pub(crate) struct Dest<'a, F> {
+/// An upstream, its targets as the request found them, and its forwarder.
+pub(crate) struct Dest<'a, F: Connector> {
     pub id: usize,
     pub upstream: &'a Upstream,
     pub forwarder: &'a F,
-    /// Per target, its authority.
-    pub authorities: &'a [Authority],
+    pub members: Arc<Members<F::Conn>>,
 }
 
 /// Sends `out` to the upstream, retrying under `retry` (`None`: one try), all within
@@ -119,6 +120,8 @@ where
     F: Forwarder<ReqBody<B>>,
 {
     let upstream = to.upstream;
+    let members = &*to.members;
+    let set = &members.set;
     let deadline = Instant::now() + timeout;
     let mut try_timeout = timeout;
     let attempts = retry.map_or(1, |p| p.attempts.max(1));
@@ -129,11 +132,12 @@ where
     let mut held: Option<(Response<F::ResBody>, InFlight)> = None;
     let mut last_failure = None;
     for attempt in 1..=attempts {
-        let Some((index, pass)) = choose(upstream, hash, tried) else {
+        let Some((index, pass)) = choose(upstream, set, hash, tried) else {
             break;
         };
         let mut guard = PassGuard {
             upstream,
+            set,
             index,
             pass: Some(pass),
         };
@@ -141,7 +145,7 @@ where
             break;
         };
         let req = out.request(
-            &to.authorities[index],
+            &members.authorities[index],
             upstream.protocol,
             body,
             attempt == attempts,
@@ -153,16 +157,20 @@ where
         // The held response of the previous try is dropped only now that this one goes.
         drop(held.take());
         tried.add(index);
-        let target = &upstream.targets[index];
+        let target = &set.targets[index];
         ex.upstream = Some(to.id);
-        ex.target = Some(std::sync::Arc::clone(target));
+        ex.target = Some(Arc::clone(target));
         ex.target_index = Some(index);
         let in_flight = target.start_request();
         let left = deadline.saturating_duration_since(Instant::now());
         try_timeout = retry
             .and_then(|p| p.per_try_timeout)
             .map_or(left, |t| t.min(left));
-        let (failure, response) = match to.forwarder.forward(index, req, try_timeout).await {
+        let (failure, response) = match to
+            .forwarder
+            .forward(&members.conns[index], req, try_timeout)
+            .await
+        {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let failure = (status >= 500).then_some(Failure::Status(status));
@@ -173,7 +181,7 @@ where
                 return Err(crate::pipeline::payload_too_large_error());
             }
             Err(ForwardError::Connect(e)) => {
-                report_connect_failure(upstream, index, &*e);
+                report_connect_failure(upstream, target, &*e);
                 (Some(Failure::Connect), None)
             }
             Err(ForwardError::Other(e)) => {
@@ -182,7 +190,7 @@ where
             }
             Err(ForwardError::Timeout) => (Some(Failure::Timeout), None),
         };
-        log_changes(upstream, index, guard.record(failure.is_none()));
+        log_changes(upstream, target, guard.record(failure.is_none()));
         let Some(failure) = failure else {
             if let Some(resp) = response {
                 return Ok((resp, in_flight));
@@ -232,12 +240,17 @@ where
 
 /// An available target and its circuit pass. A half-open circuit may have handed out its
 /// last probe since the balancer looked, so a refused pass means trying another target.
-fn choose(upstream: &Upstream, hash: Option<u64>, tried: Tried) -> Option<(usize, Pass)> {
+fn choose(
+    upstream: &Upstream,
+    set: &TargetSet,
+    hash: Option<u64>,
+    tried: Tried,
+) -> Option<(usize, Pass)> {
     let now = clock::now_ms();
     let mut skip = tried;
-    for _ in 0..upstream.targets.len().min(8) {
-        let index = upstream.pick(hash, request_id::next_random(), now, skip)?;
-        if let Some(pass) = upstream.acquire(index, now) {
+    for _ in 0..set.targets.len().min(8) {
+        let index = upstream.pick(set, hash, request_id::next_random(), now, skip)?;
+        if let Some(pass) = upstream.acquire(&set.targets[index], now) {
             return Some((index, pass));
         }
         skip.add(index);
@@ -249,6 +262,7 @@ fn choose(upstream: &Upstream, hash: Option<u64>, tried: Tried) -> Option<(usize
 /// circuit pass back instead.
 struct PassGuard<'a> {
     upstream: &'a Upstream,
+    set: &'a TargetSet,
     index: usize,
     pass: Option<Pass>,
 }
@@ -256,7 +270,9 @@ struct PassGuard<'a> {
 impl PassGuard<'_> {
     fn record(&mut self, ok: bool) -> Changes {
         match self.pass.take() {
-            Some(pass) => self.upstream.record(self.index, pass, ok, clock::now_ms()),
+            Some(pass) => self
+                .upstream
+                .record(self.set, self.index, pass, ok, clock::now_ms()),
             None => Changes::default(),
         }
     }
@@ -265,13 +281,12 @@ impl PassGuard<'_> {
 impl Drop for PassGuard<'_> {
     fn drop(&mut self) {
         if let Some(pass) = self.pass.take() {
-            self.upstream.cancel(self.index, pass);
+            self.set.targets[self.index].breaker.cancel(pass);
         }
     }
 }
 
-fn log_changes(upstream: &Upstream, index: usize, changes: Changes) {
-    let target = &upstream.targets[index];
+fn log_changes(upstream: &Upstream, target: &Target, changes: Changes) {
     match changes.circuit {
         Some(CircuitState::Open) => {
             tracing::warn!(upstream = %upstream.name, target_url = %target.url, "circuit opened");
@@ -291,10 +306,9 @@ fn log_changes(upstream: &Upstream, index: usize, changes: Changes) {
 /// would bring it back, so they are only logged (passive health has its own count).
 fn report_connect_failure(
     upstream: &Upstream,
-    index: usize,
+    target: &Target,
     error: &(dyn std::error::Error + Send + Sync),
 ) {
-    let target = &upstream.targets[index];
     tracing::warn!(upstream = %upstream.name, target_url = %target.url, error = %error, "connect to target failed");
     if let Some(policy) = &upstream.health_check
         && health::record(target, policy, false) == Some(Transition::BecameUnhealthy)

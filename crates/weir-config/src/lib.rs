@@ -21,6 +21,7 @@ mod access;
 mod auth;
 mod checks;
 mod de;
+mod discovery;
 mod idp;
 mod interpolate;
 mod model;

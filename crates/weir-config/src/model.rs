@@ -293,9 +293,9 @@ pub(crate) struct UpstreamConfig {
     /// Health checking.
     #[serde(default)]
     pub(crate) health_check: HealthCheckConfig,
-    /// Dynamic discovery (DNS, etcd, Consul): not supported yet.
+    /// Where the targets come from at run time, instead of `targets`: exactly one source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) discovery: Unsupported,
+    pub(crate) discovery: Option<DiscoveryConfig>,
     /// TLS toward `https://` targets: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Unsupported,
@@ -309,6 +309,59 @@ pub(crate) struct UpstreamConfig {
     /// Rate limits on all traffic to the upstream, after each route's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) rate_limit: Vec<RateLimitConfig>,
+}
+
+/// `upstreams.<name>.discovery`: the source of an upstream's targets, watched at run time.
+/// Exactly one source.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DiscoveryConfig {
+    /// DNS: the A and AAAA records of `name` (each address with `port`), or the SRV records
+    /// of `srv`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) dns: Option<DnsDiscoveryConfig>,
+    /// etcd discovery: not supported yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd: Unsupported,
+    /// Consul discovery: not supported yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) consul: Unsupported,
+}
+
+/// `discovery.dns`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DnsDiscoveryConfig {
+    /// The name whose A and AAAA records are the targets, each with `port`. Exactly one of
+    /// `name` and `srv`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<String>,
+    /// The port of every address of `name`, 1 to 65535. Required with `name`; not allowed
+    /// with `srv` (the records carry their ports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<u32>,
+    /// The name whose SRV records are the targets (`_http._tcp.users.internal`): the lowest
+    /// priority's records, with their ports and weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) srv: Option<String>,
+    /// Resolve again after this long, or when the answer's TTL ends if that is sooner. At
+    /// least 1s.
+    pub(crate) refresh: Dur,
+    /// The name server to ask, `IP:PORT`. Default: the system's (`/etc/resolv.conf`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server: Option<String>,
+}
+
+impl Default for DnsDiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            port: None,
+            srv: None,
+            refresh: Dur::default_of("30s"),
+            server: None,
+        }
+    }
 }
 
 fn round_robin() -> String {

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use weir_domain::balance::{Balancer, LoadBalancing};
+use weir_domain::balance::LoadBalancing;
+use weir_domain::discovery::{Discovery, DiscoveryState};
 use weir_domain::retry::RetryBudget;
 use weir_domain::upstream::{
     ActiveHealthCheck, HashKey, Protocol, Target, TargetAddr, Timeouts, Upstream,
@@ -45,12 +46,18 @@ fn upstream(
     r: &mut Report<'_>,
 ) -> Option<Upstream> {
     let before = r.issues.len();
-    unsupported(
-        r,
-        &path.key("discovery"),
-        &u.discovery,
-        "`discovery` is not supported yet; list `targets`",
-    );
+    let discovery = match &u.discovery {
+        Some(d) => {
+            if !u.targets.is_empty() {
+                r.at_key(
+                    &path.key("discovery"),
+                    "list `targets` or set `discovery`, not both",
+                );
+            }
+            crate::discovery::build(d, &path.key("discovery"), r)
+        }
+        None => Some(Discovery::Static),
+    };
     unsupported(
         r,
         &path.key("tls"),
@@ -118,11 +125,17 @@ fn upstream(
     if r.issues.len() != before {
         return None;
     }
-    let targets = targets?;
+    let targets = if u.discovery.is_some() {
+        Vec::new()
+    } else {
+        targets?
+    };
     Some(Upstream {
         name: name.to_owned(),
-        balancer: Balancer::new(policy?, &targets),
-        targets,
+        load_balancing: policy?,
+        static_targets: targets,
+        discovery: discovery?,
+        discovery_state: DiscoveryState::default(),
         hash_key: hash_key?,
         protocol: protocol?,
         timeouts: Timeouts {

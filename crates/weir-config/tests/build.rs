@@ -137,11 +137,11 @@ fn upstreams_keep_file_order_and_build_their_policy() {
     let names: Vec<_> = loaded.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["zeta", "users"]);
     let users = &loaded.upstreams[1];
-    assert_eq!(users.targets.len(), 2);
-    assert_eq!(users.targets[0].weight, 3);
-    assert_eq!(users.targets[1].weight, 1);
-    assert_eq!(users.targets[1].addr.authority, "10.0.0.2:80");
-    assert_eq!(users.balancer.policy(), LoadBalancing::ConsistentHash);
+    assert_eq!(users.static_targets.len(), 2);
+    assert_eq!(users.static_targets[0].weight, 3);
+    assert_eq!(users.static_targets[1].weight, 1);
+    assert_eq!(users.static_targets[1].addr.authority, "10.0.0.2:80");
+    assert_eq!(users.load_balancing, LoadBalancing::ConsistentHash);
     assert_eq!(users.hash_key, Some(HashKey::Ip)); // the documented default
     assert_eq!(users.protocol, Protocol::Http2);
     assert_eq!(users.timeouts.connect, Duration::from_millis(250));
@@ -152,7 +152,7 @@ fn upstreams_keep_file_order_and_build_their_policy() {
     assert_eq!(hc.timeout, Duration::from_secs(1));
     assert_eq!((hc.healthy_threshold, hc.unhealthy_threshold), (2, 3));
     let zeta = &loaded.upstreams[0];
-    assert_eq!(zeta.balancer.policy(), LoadBalancing::RoundRobin);
+    assert_eq!(zeta.load_balancing, LoadBalancing::RoundRobin);
     assert_eq!(zeta.hash_key, None);
     assert_eq!(zeta.protocol, Protocol::Http1);
     assert!(zeta.health_check.is_none());

@@ -58,6 +58,10 @@ upstreams:
     rate_limit: [{ key: global, limit: 100, per: 1s, store: redis, on_error: deny }]
   spare:
     targets: [{ url: 'http://10.0.0.2:9000' }]
+  by-name:
+    discovery: { dns: { name: users.internal, port: 9000, refresh: 30s, server: '127.0.0.1:53' } }
+  by-srv:
+    discovery: { dns: { srv: _http._tcp.users.internal } }
 routes:
   - name: a
     match: { host: example.com, path: /a, methods: [GET], headers: { X-A: b } }
@@ -96,7 +100,8 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "observability.tracing",
     "etcd",
     "consul",
-    "upstreams.<name>.discovery",
+    "upstreams.<name>.discovery.etcd",
+    "upstreams.<name>.discovery.consul",
     "upstreams.<name>.tls",
     "routes[].cache",
     "routes[].grpc",

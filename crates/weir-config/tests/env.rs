@@ -24,12 +24,15 @@ upstreams:
 fn interpolation_uses_set_variables_and_defaults() {
     let env = TestEnv::with(&[("API_PORT", "9000")]);
     let loaded = ok_with(UPSTREAM, &env, &Overrides::default());
-    assert_eq!(loaded.upstreams[0].targets[0].url, "http://127.0.0.1:9000");
+    assert_eq!(
+        loaded.upstreams[0].static_targets[0].url,
+        "http://127.0.0.1:9000"
+    );
 
     let env = TestEnv::with(&[("API_PORT", "9000"), ("API_HOST", "10.1.1.1")]);
     let loaded = ok_with(UPSTREAM, &env, &Overrides::default());
     assert_eq!(
-        loaded.upstreams[0].targets[0].addr.authority,
+        loaded.upstreams[0].static_targets[0].addr.authority,
         "10.1.1.1:9000"
     );
 }

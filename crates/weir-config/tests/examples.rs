@@ -115,7 +115,7 @@ fn routing_precedence_is_as_documented() {
     assert_eq!(route(&l, &Req(None, "POST", vec![]), "/legacy/12"), "405");
     let v1: &Route = &l.routes.routes()[1];
     assert!(matches!(v1.action, RouteAction::Upstream(_)));
-    assert_eq!(l.upstreams[1].targets[0].addr.host, "127.0.0.2");
+    assert_eq!(l.upstreams[1].static_targets[0].addr.host, "127.0.0.2");
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn path_rewrites_are_as_documented() {
 #[test]
 fn load_balancing_has_every_policy() {
     let l = example("load-balancing.yaml");
-    let mut policies: Vec<_> = l.upstreams.iter().map(|u| u.balancer.policy()).collect();
+    let mut policies: Vec<_> = l.upstreams.iter().map(|u| u.load_balancing).collect();
     policies.dedup();
     for p in LoadBalancing::NAMES {
         assert!(policies.iter().any(|x| x.name() == p), "{p} is not shown");

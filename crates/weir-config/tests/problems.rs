@@ -359,7 +359,7 @@ etcd: {}
 consul: {}
 upstreams:
   users:
-    discovery: { dns: { name: users.internal } }
+    discovery: { etcd: { prefix: /weir/users/ } }
     tls: {}
     protocol: grpc
     rate_limit: [{ key: global, limit: 100, per: 1s, store: redis }]
@@ -380,7 +380,7 @@ routes:
         "weir.yaml:7:3: observability.tracing: `tracing` is not supported yet",
         "weir.yaml:9:1: etcd: `etcd` is not supported yet",
         "weir.yaml:10:1: consul: `consul` is not supported yet",
-        "weir.yaml:13:5: upstreams.users.discovery: `discovery` is not supported yet; list `targets`",
+        "weir.yaml:13:18: upstreams.users.discovery.etcd: etcd discovery is not supported yet; use `dns`, or list `targets`",
         "weir.yaml:14:5: upstreams.users.tls: upstream `tls` is not supported yet",
         "weir.yaml:15:15: upstreams.users.protocol: protocol grpc is not supported yet",
         "weir.yaml:21:5: routes[0].cache: `cache` is not supported yet",

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod balance;
 pub mod breaker;
 pub mod clock;
+pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod limiter;

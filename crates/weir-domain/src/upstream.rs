@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::balance::Balancer;
+use crate::balance::{Balancer, LoadBalancing};
 use crate::breaker::{Breaker, BreakerPolicy, CircuitState, Pass};
+use crate::discovery::{Discovery, DiscoveryState};
 use crate::health::HealthCounters;
 use crate::outlier::{self, Outlier, PassivePolicy};
 use crate::retry::{RetryBudget, RetryPolicy};
@@ -205,12 +206,17 @@ pub struct ActiveHealthCheck {
     pub unhealthy_threshold: u32,
 }
 
-/// A named group of targets and how to spread requests over them.
+/// A named group of targets and how to spread requests over them. The targets themselves
+/// live in a [`TargetSet`] that the application swaps when discovery changes them.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
-    pub targets: Vec<Arc<Target>>,
-    pub balancer: Balancer,
+    /// The config's `targets` (empty with `discovery`): the first target set.
+    pub static_targets: Vec<Arc<Target>>,
+    pub load_balancing: LoadBalancing,
+    pub discovery: Discovery,
+    /// What the discovery source last said (never stale for static targets).
+    pub discovery_state: DiscoveryState,
     pub hash_key: Option<HashKey>,
     pub protocol: Protocol,
     pub timeouts: Timeouts,
@@ -223,6 +229,23 @@ pub struct Upstream {
     pub retry: Option<RetryPolicy>,
     /// Spent by retries; unused without `retry`.
     pub budget: RetryBudget,
+}
+
+/// The targets of an upstream at one moment, with the balancer's state built for them.
+#[derive(Debug)]
+pub struct TargetSet {
+    pub targets: Vec<Arc<Target>>,
+    pub balancer: Balancer,
+}
+
+impl TargetSet {
+    #[must_use]
+    pub fn new(policy: LoadBalancing, targets: Vec<Arc<Target>>) -> Self {
+        Self {
+            balancer: Balancer::new(policy, &targets),
+            targets,
+        }
+    }
 }
 
 /// Targets a request already tried, so a retry goes elsewhere when it can. Indexes past 63
@@ -282,12 +305,19 @@ impl Upstream {
     /// key hash for `consistent_hash`, `random` a fresh random number. `None` when no target
     /// is available.
     #[must_use]
-    pub fn pick(&self, hash: Option<u64>, random: u64, now_ms: u64, tried: Tried) -> Option<usize> {
-        let usable = |i: usize| self.available(&self.targets[i], now_ms);
+    pub fn pick(
+        &self,
+        set: &TargetSet,
+        hash: Option<u64>,
+        random: u64,
+        now_ms: u64,
+        tried: Tried,
+    ) -> Option<usize> {
+        let usable = |i: usize| self.available(&set.targets[i], now_ms);
         if tried == Tried::default() {
-            return self.balancer.pick(&self.targets, hash, random, usable);
+            return set.balancer.pick(&set.targets, hash, random, usable);
         }
-        let n = self.targets.len();
+        let n = set.targets.len();
         let start = usize::try_from(random % n.max(1) as u64).unwrap_or(0);
         let scan = |ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
         scan(&|i| !tried.contains(i) && usable(i)).or_else(|| scan(&usable))
@@ -295,16 +325,23 @@ impl Upstream {
 
     /// Takes the target's circuit pass (always granted without a breaker).
     #[must_use]
-    pub fn acquire(&self, index: usize, now_ms: u64) -> Option<Pass> {
+    pub fn acquire(&self, target: &Target, now_ms: u64) -> Option<Pass> {
         match &self.circuit_breaker {
-            Some(p) => self.targets[index].breaker.acquire(now_ms, p),
+            Some(p) => target.breaker.acquire(now_ms, p),
             None => Some(Pass::Closed),
         }
     }
 
-    /// Records the outcome of a try sent to `targets[index]` with `pass`.
-    pub fn record(&self, index: usize, pass: Pass, ok: bool, now_ms: u64) -> Changes {
-        let target = &self.targets[index];
+    /// Records the outcome of a try sent to `set.targets[index]` with `pass`.
+    pub fn record(
+        &self,
+        set: &TargetSet,
+        index: usize,
+        pass: Pass,
+        ok: bool,
+        now_ms: u64,
+    ) -> Changes {
+        let target = &set.targets[index];
         target
             .recent
             .add(now_ms, self.recent_slot_ms(), u64::from(ok), u64::from(!ok));
@@ -316,21 +353,14 @@ impl Upstream {
             ejected: self
                 .passive
                 .as_ref()
-                .and_then(|p| outlier::record(&self.targets, index, p, ok, now_ms)),
+                .and_then(|p| outlier::record(&set.targets, index, p, ok, now_ms)),
         }
-    }
-
-    /// Gives back a pass whose try ended without an outcome.
-    pub fn cancel(&self, index: usize, pass: Pass) {
-        self.targets[index].breaker.cancel(pass);
     }
 
     /// The target's tries over the recent window (the breaker's `window`, else 10 s).
     #[must_use]
-    pub fn recent(&self, index: usize, now_ms: u64) -> Recent {
-        let Totals { a, b } = self.targets[index]
-            .recent
-            .totals(now_ms, self.recent_slot_ms());
+    pub fn recent(&self, target: &Target, now_ms: u64) -> Recent {
+        let Totals { a, b } = target.recent.totals(now_ms, self.recent_slot_ms());
         let requests = a + b;
         Recent {
             requests,
@@ -346,11 +376,6 @@ impl Upstream {
         self.circuit_breaker
             .as_ref()
             .map_or(DEFAULT_SLOT_MS, BreakerPolicy::slot_ms)
-    }
-
-    #[must_use]
-    pub fn healthy_count(&self) -> usize {
-        self.targets.iter().filter(|t| t.is_healthy()).count()
     }
 }
 

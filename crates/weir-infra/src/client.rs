@@ -100,8 +100,9 @@ struct Idle<B> {
     since: Instant,
 }
 
-/// One target's connections.
-struct TargetPool<B> {
+/// One target's connections. A target that stays when discovery changes its upstream's
+/// targets keeps its pool.
+pub struct TargetPool<B> {
     authority: String,
     /// Parsed once when the authority is an IP literal, so connects skip name resolution.
     addr: Option<SocketAddr>,
@@ -110,83 +111,76 @@ struct TargetPool<B> {
     h2: Mutex<Option<http2::SendRequest<B>>>,
 }
 
-/// A pooled client for one upstream's targets (by index), generic over the request body.
-pub struct UpstreamClient<B> {
-    protocol: Protocol,
-    connect_timeout: Duration,
-    targets: Arc<[TargetPool<B>]>,
-}
-
-impl<B> std::fmt::Debug for UpstreamClient<B> {
+impl<B> std::fmt::Debug for TargetPool<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamClient")
-            .field("targets", &self.targets.len())
+        f.debug_struct("TargetPool")
+            .field("authority", &self.authority)
             .finish_non_exhaustive()
     }
 }
 
-impl<B> Clone for UpstreamClient<B> {
-    fn clone(&self) -> Self {
-        Self {
-            protocol: self.protocol,
-            connect_timeout: self.connect_timeout,
-            targets: Arc::clone(&self.targets),
-        }
-    }
+/// A pooled client for one upstream, generic over the request body. Each target has its
+/// own [`TargetPool`], made by [`UpstreamClient::pool`].
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamClient {
+    protocol: Protocol,
+    connect_timeout: Duration,
+    workers: usize,
 }
 
-impl<B> UpstreamClient<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    /// `authorities` are the targets' `host:port`, in target order; `workers` the number of
-    /// worker threads that will use the client (each gets its own idle connections).
+impl UpstreamClient {
+    /// `workers` is the number of worker threads that will use the client (each gets its
+    /// own idle connections).
     #[must_use]
-    pub fn new(
-        protocol: Protocol,
-        connect_timeout: Duration,
-        authorities: &[&str],
-        workers: usize,
-    ) -> Self {
-        let targets = authorities
-            .iter()
-            .map(|a| TargetPool {
-                authority: (*a).to_owned(),
-                addr: a.parse().ok(),
-                idle: (0..workers.max(1))
-                    .map(|_| Mutex::new(Vec::new()))
-                    .collect(),
-                h2: Mutex::new(None),
-            })
-            .collect();
+    pub const fn new(protocol: Protocol, connect_timeout: Duration, workers: usize) -> Self {
         Self {
             protocol,
             connect_timeout,
-            targets,
+            workers,
         }
     }
 
-    /// Sends a request to target `target`; resolves with the response head. The body
+    /// A new, empty pool for the target at `authority` (`host:port`).
+    #[must_use]
+    pub fn pool<B>(&self, authority: &str) -> Arc<TargetPool<B>> {
+        Arc::new(TargetPool {
+            authority: authority.to_owned(),
+            addr: authority.parse().ok(),
+            idle: (0..self.workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            h2: Mutex::new(None),
+        })
+    }
+
+    /// Sends a request to the target of `pool`; resolves with the response head. The body
     /// streams afterwards and returns the connection to the pool when it ends.
-    pub async fn send(
+    pub async fn send<B>(
         &self,
-        target: usize,
+        pool: &Arc<TargetPool<B>>,
         req: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, ClientError> {
+    ) -> Result<Response<PooledBody<B>>, ClientError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         match self.protocol {
-            Protocol::Http1 => self.send_h1(target, req).await,
-            Protocol::Http2 => self.send_h2(target, req).await,
+            Protocol::Http1 => self.send_h1(pool, req).await,
+            Protocol::Http2 => self.send_h2(pool, req).await,
         }
     }
 
-    async fn send_h1(
+    async fn send_h1<B>(
         &self,
-        target: usize,
+        pool: &Arc<TargetPool<B>>,
         mut req: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, ClientError> {
-        let pool = &self.targets[target];
+    ) -> Result<Response<PooledBody<B>>, ClientError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         // HTTP/1.1 to an origin server takes origin-form (`/path?query`), not the absolute URI.
         if req.uri().authority().is_some() {
             let origin = req
@@ -201,7 +195,7 @@ where
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(target, sender, resp)),
+                Ok(resp) => return Ok(pooled(pool, sender, resp)),
                 Err(mut e) => match e.take_message() {
                     // Never sent: the idle connection was already gone. Try the next one.
                     Some(back) => req = back,
@@ -211,17 +205,21 @@ where
         }
         let mut sender = self.connect_h1(pool).await?;
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.pooled(target, sender, resp)),
+            Ok(resp) => Ok(pooled(pool, sender, resp)),
             Err(e) => Err(ClientError::Exchange(e.into_error())),
         }
     }
 
-    async fn send_h2(
+    async fn send_h2<B>(
         &self,
-        target: usize,
+        pool: &TargetPool<B>,
         mut req: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, ClientError> {
-        let pool = &self.targets[target];
+    ) -> Result<Response<PooledBody<B>>, ClientError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         // HTTP/2 carries scheme and authority as pseudo-headers: the URI must be absolute.
         if req.uri().authority().is_none() {
             let mut parts = req.uri().clone().into_parts();
@@ -254,7 +252,7 @@ where
         }))
     }
 
-    fn checkout(&self, pool: &TargetPool<B>) -> Option<http1::SendRequest<B>> {
+    fn checkout<B>(&self, pool: &TargetPool<B>) -> Option<http1::SendRequest<B>> {
         let mut idle = lock(&pool.idle[worker_index() % pool.idle.len()]);
         while let Some(entry) = idle.pop() {
             if !entry.sender.is_closed() && entry.since.elapsed() < MAX_IDLE_AGE {
@@ -264,29 +262,7 @@ where
         None
     }
 
-    fn pooled(
-        &self,
-        target: usize,
-        sender: http1::SendRequest<B>,
-        resp: Response<Incoming>,
-    ) -> Response<PooledBody<B>> {
-        // A protocol switch hands the connection over for good; it never returns to the pool.
-        let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-        let worker = worker_index();
-        let slot = reusable.then(|| ReturnSlot {
-            client: self.clone(),
-            target,
-            worker,
-            sender,
-        });
-        let mut resp = resp.map(|body| PooledBody { inner: body, slot });
-        if resp.body().inner.is_end_stream() {
-            resp.body_mut().release();
-        }
-        resp
-    }
-
-    async fn connect(&self, pool: &TargetPool<B>) -> Result<TokioIo<TcpStream>, ClientError> {
+    async fn connect<B>(&self, pool: &TargetPool<B>) -> Result<TokioIo<TcpStream>, ClientError> {
         let connect = async {
             match pool.addr {
                 Some(addr) => TcpStream::connect(addr).await,
@@ -305,7 +281,15 @@ where
         Ok(TokioIo::new(stream))
     }
 
-    async fn connect_h1(&self, pool: &TargetPool<B>) -> Result<http1::SendRequest<B>, ClientError> {
+    async fn connect_h1<B>(
+        &self,
+        pool: &TargetPool<B>,
+    ) -> Result<http1::SendRequest<B>, ClientError>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         let io = self.connect(pool).await?;
         let (sender, conn) = http1::Builder::new()
             .read_buf_exact_size(Some(READ_BUF))
@@ -320,7 +304,15 @@ where
         Ok(sender)
     }
 
-    async fn connect_h2(&self, pool: &TargetPool<B>) -> Result<http2::SendRequest<B>, ClientError> {
+    async fn connect_h2<B>(
+        &self,
+        pool: &TargetPool<B>,
+    ) -> Result<http2::SendRequest<B>, ClientError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         let io = self.connect(pool).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -336,6 +328,26 @@ where
     }
 }
 
+fn pooled<B>(
+    pool: &Arc<TargetPool<B>>,
+    sender: http1::SendRequest<B>,
+    resp: Response<Incoming>,
+) -> Response<PooledBody<B>> {
+    // A protocol switch hands the connection over for good; it never returns to the pool.
+    let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+    let worker = worker_index();
+    let slot = reusable.then(|| ReturnSlot {
+        pool: Arc::clone(pool),
+        worker,
+        sender,
+    });
+    let mut resp = resp.map(|body| PooledBody { inner: body, slot });
+    if resp.body().inner.is_end_stream() {
+        resp.body_mut().release();
+    }
+    resp
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave a Vec of senders inconsistent.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -343,8 +355,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Where a connection goes back when its response is done.
 struct ReturnSlot<B> {
-    client: UpstreamClient<B>,
-    target: usize,
+    pool: Arc<TargetPool<B>>,
     /// The worker whose idle stack it came from, and returns to.
     worker: usize,
     sender: http1::SendRequest<B>,
@@ -366,7 +377,7 @@ impl<B> PooledBody<B> {
     /// The whole response was read: the connection can carry the next request.
     fn release(&mut self) {
         if let Some(slot) = self.slot.take() {
-            let pool = &slot.client.targets[slot.target];
+            let pool = &slot.pool;
             let mut idle = lock(&pool.idle[slot.worker % pool.idle.len()]);
             if idle.len() < MAX_IDLE_PER_TARGET {
                 idle.push(Idle {

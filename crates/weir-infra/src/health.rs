@@ -1,7 +1,9 @@
-//! Active health checks: one task per target probing `GET <path>` every `interval`.
+//! Active health checks: one task per upstream probing `GET <path>` on each of its current
+//! targets every `interval`.
 //! A 2xx or 3xx answer within `timeout` is a success; anything else a failure. The tasks
 //! stop when the [`Checks`] handle is dropped (a reload or shutdown).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,7 +12,7 @@ use http_body_util::Empty;
 use weir_domain::health::{self, Transition};
 use weir_domain::upstream::{Target, Upstream};
 
-use crate::client::UpstreamClient;
+use crate::client::{TargetPool, UpstreamClient};
 
 /// Running probes; dropping this stops them.
 #[derive(Debug, Default)]
@@ -27,41 +29,49 @@ impl Drop for Checks {
 }
 
 impl Checks {
-    /// Starts probes for every upstream with `health_check.active`.
+    /// Starts probes for every upstream with `health_check.active`. `current(u)` gives
+    /// upstream `u`'s targets at the moment (they change with discovery); it is asked
+    /// before each round, so new targets are probed and removed ones are not.
     #[must_use]
-    pub fn start(upstreams: &[Upstream]) -> Self {
+    pub fn start<C>(upstreams: &[Upstream], current: C) -> Self
+    where
+        C: Fn(usize) -> Vec<Arc<Target>> + Send + Sync + Clone + 'static,
+    {
         let mut tasks = Vec::new();
-        for upstream in upstreams {
+        for (u, upstream) in upstreams.iter().enumerate() {
             let Some(policy) = upstream.health_check.clone() else {
                 continue;
             };
-            let authorities: Vec<&str> = upstream
-                .targets
-                .iter()
-                .map(|t| t.addr.authority.as_str())
-                .collect();
-            let client = UpstreamClient::<Empty<Bytes>>::new(
+            let client = UpstreamClient::new(
                 upstream.protocol,
                 upstream.timeouts.connect.min(policy.timeout),
-                &authorities,
                 1,
             );
             let name: Arc<str> = Arc::from(upstream.name.as_str());
-            let count = upstream.targets.len().max(1) as u32;
-            for (i, target) in upstream.targets.iter().enumerate() {
-                let name = Arc::clone(&name);
-                let target = Arc::clone(target);
-                let client = client.clone();
-                let policy = policy.clone();
-                tasks.push(tokio::spawn(async move {
-                    // Spread the first probes over the interval so targets are not probed in lockstep.
-                    tokio::time::sleep(policy.interval / count * i as u32).await;
-                    let mut tick = tokio::time::interval(policy.interval);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tick.tick().await;
-                        let ok = probe(&client, i, &target, &policy.path, policy.timeout).await;
-                        match health::record(&target, &policy, ok) {
+            let current = current.clone();
+            tasks.push(tokio::spawn(async move {
+                // Pools by target URL, kept while the target is.
+                let mut pools: HashMap<String, Arc<TargetPool<Empty<Bytes>>>> = HashMap::new();
+                let mut tick = tokio::time::interval(policy.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let targets = current(u);
+                    pools.retain(|url, _| targets.iter().any(|t| t.url == *url));
+                    let probes = targets.iter().map(|t| {
+                        let pool = Arc::clone(
+                            pools
+                                .entry(t.url.clone())
+                                .or_insert_with(|| client.pool(&t.addr.authority)),
+                        );
+                        let (client, policy) = (&client, &policy);
+                        async move {
+                            let ok = probe(client, &pool, t, &policy.path, policy.timeout).await;
+                            (t, ok)
+                        }
+                    });
+                    for (target, ok) in futures_util::future::join_all(probes).await {
+                        match health::record(target, &policy, ok) {
                             Some(Transition::BecameUnhealthy) => tracing::warn!(
                                 upstream = %name, target_url = %target.url, "target failed health checks; out of rotation"
                             ),
@@ -71,16 +81,16 @@ impl Checks {
                             None => {}
                         }
                     }
-                }));
-            }
+                }
+            }));
         }
         Self { tasks }
     }
 }
 
 async fn probe(
-    client: &UpstreamClient<Empty<Bytes>>,
-    index: usize,
+    client: &UpstreamClient,
+    pool: &Arc<TargetPool<Empty<Bytes>>>,
     target: &Target,
     path: &str,
     timeout: std::time::Duration,
@@ -92,7 +102,7 @@ async fn probe(
     else {
         return false;
     };
-    match tokio::time::timeout(timeout, client.send(index, req)).await {
+    match tokio::time::timeout(timeout, client.send(pool, req)).await {
         Ok(Ok(resp)) => {
             let s = resp.status();
             // The body is dropped unread; the pool discards the connection if it was not empty.

@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod client;
+pub mod discovery;
 pub mod health;
 pub mod metrics;
 pub mod ratelimit;

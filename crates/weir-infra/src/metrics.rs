@@ -186,12 +186,11 @@ impl FailureReason {
 }
 
 /// Per-upstream metrics, shared by the upstream's forwarder (which counts every try) and
-/// the admin API.
+/// the admin API. Per-target counters live with each target's connections.
 #[derive(Debug, Default)]
 pub struct UpstreamMetrics {
     /// Time from sending a try to its response head.
     pub duration: Histogram,
-    pub targets: Vec<TargetMetrics>,
 }
 
 /// Escapes a label value for the text format.

@@ -2,9 +2,10 @@
 
 use std::fmt::Write as _;
 
-use weir_app::Gateway;
+use weir_app::{Connector, Gateway};
 use weir_config::Loaded;
 use weir_domain::auth::{Provider, ProviderKind};
+use weir_domain::discovery::{Discovery, DnsDiscovery, DnsQuery};
 use weir_domain::path;
 use weir_domain::retry::RetryPolicy;
 use weir_domain::route::{Fallback, MethodSet, Route, RouteAction};
@@ -13,7 +14,7 @@ use weir_domain::upstream::Upstream;
 
 /// The policies a route runs, in order, as `GET /routes` and `explain` print them.
 #[must_use]
-pub fn pipeline_steps<F, A, S>(gw: &Gateway<F, A, S>, route: &Route) -> Vec<String> {
+pub fn pipeline_steps<F: Connector, A, S>(gw: &Gateway<F, A, S>, route: &Route) -> Vec<String> {
     steps(&gw.upstreams, &gw.providers, gw.max_body_bytes, route)
 }
 
@@ -96,10 +97,13 @@ fn steps(
             if u.circuit_breaker.is_some() {
                 skipped.push("circuit-open");
             }
+            let over = match &u.discovery {
+                Discovery::Static => format!("{} targets", u.static_targets.len()),
+                Discovery::Dns(_) => "the targets DNS reports".to_owned(),
+            };
             out.push(format!(
-                "load_balance {} over {} targets, skipping {}",
-                u.balancer.policy().name(),
-                u.targets.len(),
+                "load_balance {} over {over}, skipping {}",
+                u.load_balancing.name(),
                 skipped.join(", ")
             ));
             let timeout = route.timeout.unwrap_or(u.timeouts.request);
@@ -144,6 +148,20 @@ fn steps(
         ),
     });
     out
+}
+
+fn describe_dns(d: &DnsDiscovery) -> String {
+    let what = match &d.query {
+        DnsQuery::Address { name, port } => format!("A/AAAA {name} port {port}"),
+        DnsQuery::Srv { name } => format!("SRV {name}"),
+    };
+    let server = d
+        .server
+        .map_or_else(|| "the system resolver".to_owned(), |s| s.to_string());
+    format!(
+        "{what}, every {}s or the TTL, via {server}",
+        d.refresh.as_secs()
+    )
 }
 
 fn retry_plan(p: &RetryPolicy) -> String {
@@ -275,9 +293,12 @@ pub fn explain(
                     out,
                     "upstream: \"{}\" ({})",
                     u.name,
-                    u.balancer.policy().name()
+                    u.load_balancing.name()
                 );
-                for t in &u.targets {
+                if let Discovery::Dns(d) = &u.discovery {
+                    let _ = writeln!(out, "  targets from DNS: {}", describe_dns(d));
+                }
+                for t in &u.static_targets {
                     let _ = writeln!(out, "  target {} weight {}", t.url, t.weight);
                 }
                 let _ = writeln!(

@@ -11,11 +11,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use weir_app::body::{ReqBody, is_body_too_large};
 use weir_app::limits::{SharedAnswer, SharedCheck, SharedLimiter};
-use weir_app::{Authenticator, ForwardError, Forwarder};
+use weir_app::{Authenticator, Connector, ForwardError, Forwarder};
 use weir_domain::auth::{ProviderId, Verdict};
+use weir_domain::upstream::Target;
 use weir_infra::auth::Authenticators;
-use weir_infra::client::{PooledBody, UpstreamClient};
-use weir_infra::metrics::{FailureReason, UpstreamMetrics};
+use weir_infra::client::{PooledBody, TargetPool, UpstreamClient};
+use weir_infra::metrics::{FailureReason, TargetMetrics, UpstreamMetrics};
 use weir_infra::ratelimit::{RedisAnswer, RedisCheck, RedisLimiter};
 
 use crate::body::CountingBody;
@@ -24,14 +25,27 @@ use crate::body::CountingBody;
 pub type UpstreamBody = ReqBody<CountingBody<Incoming>>;
 
 /// One upstream's client, and the metrics every try counts in.
+#[derive(Debug)]
 pub struct Forward {
-    pub client: UpstreamClient<UpstreamBody>,
+    pub client: UpstreamClient,
     pub metrics: Arc<UpstreamMetrics>,
 }
 
-impl std::fmt::Debug for Forward {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.client.fmt(f)
+/// What weir keeps per target: its connections and its counters.
+#[derive(Debug)]
+pub struct TargetConn {
+    pub pool: Arc<TargetPool<UpstreamBody>>,
+    pub metrics: TargetMetrics,
+}
+
+impl Connector for Forward {
+    type Conn = Arc<TargetConn>;
+
+    fn conn(&self, target: &Target) -> Arc<TargetConn> {
+        Arc::new(TargetConn {
+            pool: self.client.pool(&target.addr.authority),
+            metrics: TargetMetrics::default(),
+        })
     }
 }
 
@@ -40,18 +54,17 @@ impl Forwarder<UpstreamBody> for Forward {
 
     async fn forward(
         &self,
-        target: usize,
+        conn: &Arc<TargetConn>,
         req: Request<UpstreamBody>,
         timeout: Duration,
     ) -> Result<Response<Self::ResBody>, ForwardError> {
         let start = Instant::now();
-        let sent = tokio::time::timeout(timeout, self.client.send(target, req)).await;
-        let m = &self.metrics;
+        let sent = tokio::time::timeout(timeout, self.client.send(&conn.pool, req)).await;
         let result = match sent {
             Err(_) => Err(ForwardError::Timeout),
             Ok(Ok(resp)) => {
-                m.duration.observe(start.elapsed());
-                m.targets[target]
+                self.metrics.duration.observe(start.elapsed());
+                conn.metrics
                     .responses
                     .increment(u32::from(resp.status().as_u16()));
                 return Ok(resp);
@@ -65,7 +78,7 @@ impl Forwarder<UpstreamBody> for Forward {
             Err(ForwardError::Timeout) => FailureReason::Timeout,
             _ => FailureReason::Reset,
         };
-        m.targets[target].failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+        conn.metrics.failures[reason as usize].fetch_add(1, Ordering::Relaxed);
         result
     }
 }

@@ -9,6 +9,7 @@ pub mod activity;
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod discovery;
 pub mod explain;
 pub mod forward;
 pub mod logging;

@@ -15,7 +15,7 @@ use weir_domain::route::{Fallback, RouteAction};
 use weir_infra::access_log::AccessLog;
 use weir_infra::client::UpstreamClient;
 use weir_infra::health::Checks;
-use weir_infra::metrics::{RouteMetrics, TargetMetrics, UpstreamMetrics};
+use weir_infra::metrics::{RouteMetrics, UpstreamMetrics};
 
 use crate::forward::{Auth, Forward, Shared};
 
@@ -29,7 +29,8 @@ pub struct StaticReply {
 
 #[derive(Debug)]
 pub struct Snapshot {
-    pub gateway: Gateway<Forward, Auth, Shared>,
+    /// Shared with the discovery watchers, which swap upstreams' targets.
+    pub gateway: Arc<Gateway<Forward, Auth, Shared>>,
     pub settings: Settings,
     pub route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route (`route=""`).
@@ -46,6 +47,7 @@ pub struct Snapshot {
     pub version: String,
     pub loaded_at: SystemTime,
     pub checks: Checks,
+    pub watchers: crate::discovery::Watchers,
 }
 
 impl Snapshot {
@@ -97,34 +99,16 @@ impl Snapshot {
             .collect();
         let upstream_metrics: Vec<Arc<UpstreamMetrics>> = upstreams
             .iter()
-            .map(|u| {
-                Arc::new(UpstreamMetrics {
-                    duration: weir_infra::metrics::Histogram::default(),
-                    targets: u.targets.iter().map(|_| TargetMetrics::default()).collect(),
-                })
-            })
+            .map(|_| Arc::new(UpstreamMetrics::default()))
             .collect();
         let forwarders = upstreams
             .iter()
             .zip(&upstream_metrics)
-            .map(|(u, metrics)| {
-                let authorities: Vec<&str> = u
-                    .targets
-                    .iter()
-                    .map(|t| t.addr.authority.as_str())
-                    .collect();
-                Forward {
-                    client: UpstreamClient::new(
-                        u.protocol,
-                        u.timeouts.connect,
-                        &authorities,
-                        workers,
-                    ),
-                    metrics: Arc::clone(metrics),
-                }
+            .map(|(u, metrics)| Forward {
+                client: UpstreamClient::new(u.protocol, u.timeouts.connect, workers),
+                metrics: Arc::clone(metrics),
             })
             .collect();
-        let checks = Checks::start(&upstreams);
         let authenticator = Auth(weir_infra::auth::Authenticators::new(&auth, workers)?);
         let shared_limiter = Shared(
             settings
@@ -142,7 +126,7 @@ impl Snapshot {
                 })
                 .transpose()?,
         );
-        let gateway = Gateway::new(Parts {
+        let gateway = Arc::new(Gateway::new(Parts {
             routes,
             upstreams,
             forwarders,
@@ -152,7 +136,16 @@ impl Snapshot {
             trusted_proxies: settings.trusted_proxies.clone(),
             max_header_bytes: settings.limits.max_header_bytes,
             max_body_bytes: settings.limits.max_body_bytes,
-        })?;
+        })?);
+        // Probes follow the targets as discovery changes them; a weak handle, so the
+        // tasks never keep an old generation alive.
+        let weak = Arc::downgrade(&gateway);
+        let watchers = crate::discovery::Watchers::start(&gateway);
+        let checks = Checks::start(&gateway.upstreams, move |u| {
+            weak.upgrade()
+                .map(|g| g.members(u).set.targets.clone())
+                .unwrap_or_default()
+        });
         Ok(Self {
             gateway,
             settings,
@@ -168,6 +161,7 @@ impl Snapshot {
             version,
             loaded_at: SystemTime::now(),
             checks,
+            watchers,
         })
     }
 }

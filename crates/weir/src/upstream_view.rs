@@ -24,13 +24,14 @@ pub fn json(snap: &Snapshot) -> Value {
         .gateway
         .upstreams
         .iter()
-        .map(|u| {
-            let targets: Vec<Value> = u
-                .targets
+        .enumerate()
+        .map(|(id, u)| {
+            let members = snap.gateway.members(id);
+            let live = &members.set.targets;
+            let targets: Vec<Value> = live
                 .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let recent = u.recent(i, now);
+                .map(|t| {
+                    let recent = u.recent(t, now);
                     let ejected = u.passive.is_some() && t.outlier.is_ejected(now);
                     json!({
                         "url": t.url,
@@ -49,7 +50,15 @@ pub fn json(snap: &Snapshot) -> Value {
                 .collect();
             json!({
                 "name": u.name,
-                "load_balancing": u.balancer.policy().name(),
+                "load_balancing": u.load_balancing.name(),
+                "discovery": {
+                    "source": u.discovery.kind(),
+                    "stale": u.discovery_state.is_stale(),
+                    "updated_ms_ago": match u.discovery_state.updated_ms() {
+                        0 => Value::Null,
+                        at => json!(now.saturating_sub(at)),
+                    },
+                },
                 "protocol": match u.protocol { Protocol::Http1 => "http1", Protocol::Http2 => "http2" },
                 "timeouts_ms": {
                     "connect": u.timeouts.connect.as_millis() as u64,
@@ -91,8 +100,8 @@ pub fn json(snap: &Snapshot) -> Value {
                         "exhausted": u.budget.exhausted(),
                     })
                 }),
-                "healthy_targets": u.targets.iter().filter(|t| healthy(u, t, now)).count(),
-                "available_targets": u.targets.iter().filter(|t| u.available(t, now)).count(),
+                "healthy_targets": live.iter().filter(|t| healthy(u, t, now)).count(),
+                "available_targets": live.iter().filter(|t| u.available(t, now)).count(),
                 "targets": targets,
             })
         })
@@ -111,9 +120,9 @@ pub fn render_metrics(out: &mut String, snap: &Snapshot) {
         "Tries that got a response head, by upstream, target and status.",
     );
     for (u, up) in upstreams.iter().enumerate() {
-        let m = &snap.upstream_metrics[u];
-        for (t, target) in up.targets.iter().enumerate() {
-            let (counts, _) = m.targets[t].responses.snapshot();
+        let m = snap.gateway.members(u);
+        for (target, conn) in m.set.targets.iter().zip(&m.conns) {
+            let (counts, _) = conn.metrics.responses.snapshot();
             for (status, n) in counts {
                 let _ = writeln!(
                     out,
@@ -131,10 +140,10 @@ pub fn render_metrics(out: &mut String, snap: &Snapshot) {
         "Tries that got no response head, by upstream, target and reason (connect, reset, timeout).",
     );
     for (u, up) in upstreams.iter().enumerate() {
-        let m = &snap.upstream_metrics[u];
-        for (t, target) in up.targets.iter().enumerate() {
+        let m = snap.gateway.members(u);
+        for (target, conn) in m.set.targets.iter().zip(&m.conns) {
             for reason in FailureReason::ALL {
-                let n = m.targets[t].failures[reason as usize].load(Ordering::Relaxed);
+                let n = conn.metrics.failures[reason as usize].load(Ordering::Relaxed);
                 if n > 0 {
                     let _ = writeln!(
                         out,
@@ -190,6 +199,20 @@ pub fn render_metrics(out: &mut String, snap: &Snapshot) {
         ),
         |_, t| t.outlier.ejections(),
     );
+    family(
+        out,
+        "weir_discovery_stale",
+        "gauge",
+        "1 while the upstream's discovery source fails and its last-known-good targets are used.",
+    );
+    for up in upstreams {
+        let _ = writeln!(
+            out,
+            "weir_discovery_stale{{upstream=\"{}\"}} {}",
+            label(&up.name),
+            u8::from(up.discovery_state.is_stale())
+        );
+    }
     for (metric, help, read) in [
         (
             "weir_retries_total",
@@ -221,8 +244,8 @@ fn per_target(
     value: impl Fn(&Upstream, &Target) -> u64,
 ) {
     family(out, name, kind, help);
-    for up in &snap.gateway.upstreams {
-        for t in &up.targets {
+    for (u, up) in snap.gateway.upstreams.iter().enumerate() {
+        for t in &snap.gateway.members(u).set.targets {
             let _ = writeln!(
                 out,
                 "{name}{{upstream=\"{}\",target=\"{}\"}} {}",

@@ -6,6 +6,7 @@
 //! through the identity providers' TLS client ([`super::tls`]). Either way a failure to
 //! connect, TLS included, is a [`FetchError::Connect`] naming the reason.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use weir_domain::upstream::Protocol;
 
 use super::tls::{self, HttpsClient};
-use crate::client::{UpstreamClient, worker_index};
+use crate::client::{TargetPool, UpstreamClient, worker_index};
 
 /// Largest answer read from an identity provider. A JWKS or an introspection answer is a
 /// few KiB; anything near this is not one.
@@ -51,7 +52,7 @@ impl std::fmt::Display for FetchError {
 /// How an endpoint is reached.
 enum Transport {
     /// `http://`: weir's pooled upstream client.
-    Plain(UpstreamClient<Full<Bytes>>),
+    Plain(UpstreamClient, Arc<TargetPool<Full<Bytes>>>),
     /// `https://`: one pooling TLS client per worker.
     Tls(Box<[HttpsClient]>),
 }
@@ -104,12 +105,9 @@ impl Endpoint {
                 return Err("ca_file applies only to an https:// URL".to_owned());
             }
             let connect = connect_authority(authority);
-            Transport::Plain(UpstreamClient::new(
-                Protocol::Http1,
-                timeout,
-                &[connect.as_str()],
-                workers,
-            ))
+            let client = UpstreamClient::new(Protocol::Http1, timeout, workers);
+            let pool = client.pool(&connect);
+            Transport::Plain(client, pool)
         };
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = format!("{scheme}://{authority}{path}")
@@ -138,9 +136,9 @@ impl Endpoint {
     ) -> Result<Bytes, FetchError> {
         let exchange = async {
             match &self.transport {
-                Transport::Plain(client) => {
+                Transport::Plain(client, pool) => {
                     let resp = client
-                        .send(0, req)
+                        .send(pool, req)
                         .await
                         .map_err(|e| FetchError::Connect(e.to_string()))?;
                     read(resp).await

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod backend;
+pub mod dns;
 pub mod faults;
 pub mod idp;
 pub mod limits;
