@@ -18,8 +18,10 @@ pub fn now_nanos() -> u64 {
         .saturating_add(1)
 }
 
-/// Milliseconds since the origin.
+/// Milliseconds since the origin, never 0 (0 means "never" to its callers).
 #[must_use]
 pub fn now_ms() -> u64 {
-    u64::try_from(origin().elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(origin().elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }

@@ -480,6 +480,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             path_and_query,
             body,
             keep_head: fallback_upstream.is_some(),
+            max_body,
         };
         let primary = self.dest(upstream_id);
         let failed = match tries::send(&primary, &mut out, hash, timeout, retry, ex).await {
@@ -571,15 +572,7 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The 413 when the limit is only known to have been passed while streaming.
-pub(crate) fn payload_too_large_error() -> GatewayError {
-    GatewayError::new(
-        ErrorKind::PayloadTooLarge,
-        "request body exceeds the route's max_body_bytes",
-    )
-}
-
-fn payload_too_large(max: u64) -> GatewayError {
+pub(crate) fn payload_too_large(max: u64) -> GatewayError {
     GatewayError::new(
         ErrorKind::PayloadTooLarge,
         format!("request body exceeds {max} bytes"),

@@ -37,6 +37,8 @@ pub(crate) struct Outgoing<B> {
     pub body: Replay<B>,
     /// A fallback upstream may still need the head after the last try.
     pub keep_head: bool,
+    /// The route's body limit, for the 413 when a streamed body passes it.
+    pub max_body: u64,
 }
 
 /// The request body, as far as it can be sent again.
@@ -69,17 +71,15 @@ impl<B> Outgoing<B> {
         body: ReqBody<B>,
         last: bool,
     ) -> Result<Request<ReqBody<B>>, GatewayError> {
-        let mut req = match (last && !self.keep_head, &self.head) {
-            (true, _) | (false, None) => match self.head.take() {
-                Some(head) => Request::from_parts(head, body),
-                None => return Err(GatewayError::new(ErrorKind::BadGateway, "request spent")),
-            },
-            (false, Some(head)) => {
-                let mut req = Request::new(body);
-                *req.method_mut() = head.method.clone();
-                *req.headers_mut() = head.headers.clone();
-                req
-            }
+        let spent = || GatewayError::new(ErrorKind::BadGateway, "request spent");
+        let mut req = if last && !self.keep_head {
+            Request::from_parts(self.head.take().ok_or_else(spent)?, body)
+        } else {
+            let head = self.head.as_ref().ok_or_else(spent)?;
+            let mut req = Request::new(body);
+            *req.method_mut() = head.method.clone();
+            *req.headers_mut() = head.headers.clone();
+            req
         };
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
@@ -162,7 +162,11 @@ where
         ex.target = Some(Arc::clone(target));
         ex.target_index = Some(index);
         let in_flight = target.start_request();
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = if attempt == 1 {
+            timeout
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
         try_timeout = retry
             .and_then(|p| p.per_try_timeout)
             .map_or(left, |t| t.min(left));
@@ -178,7 +182,7 @@ where
             }
             Err(ForwardError::BodyTooLarge) => {
                 // The client's fault, not the target's: no outcome to record.
-                return Err(crate::pipeline::payload_too_large_error());
+                return Err(crate::pipeline::payload_too_large(out.max_body));
             }
             Err(ForwardError::Connect(e)) => {
                 report_connect_failure(upstream, target, &*e);

@@ -96,9 +96,10 @@ impl DiscoveryState {
         self.updated_ms.load(Ordering::Relaxed)
     }
 
-    /// Records a good answer; returns true when the source was stale (it recovered).
+    /// Records a good answer at `now_ms` (never 0); returns true when the source was stale
+    /// (it recovered).
     pub fn fresh(&self, now_ms: u64) -> bool {
-        self.updated_ms.store(now_ms.max(1), Ordering::Relaxed);
+        self.updated_ms.store(now_ms, Ordering::Relaxed);
         self.stale.swap(false, Ordering::Relaxed)
     }
 

@@ -335,23 +335,32 @@ async fn an_upstream_5xx_passed_through_is_not_replaced_by_the_fallback() {
 
 #[test]
 fn explain_shows_the_retry_plan_and_the_fallback() {
+    // Free ports, held while the test runs (explain never connects to them).
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let urls: Vec<String> = held
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
     let dir = TempDir::new("explain-resilience");
     let config = dir.write(
         "weir.yaml",
-        &common::config(
+        &common::config(&format!(
             r#"
             upstreams:
               be:
-                targets: [{ url: "http://127.0.0.1:9" }, { url: "http://127.0.0.1:10" }]
-                retry: { attempts: 3, on: [connect_failure, reset, "503"], per_try_timeout: 300ms }
-                circuit_breaker: { failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 1s, half_open_requests: 1 }
+                targets: [{{ url: "{}" }}, {{ url: "{}" }}]
+                retry: {{ attempts: 3, on: [connect_failure, reset, "503"], per_try_timeout: 300ms }}
+                circuit_breaker: {{ failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 1s, half_open_requests: 1 }}
             routes:
               - name: r
-                match: { prefix: / }
+                match: {{ prefix: / }}
                 upstream: be
-                fallback: { status: 200, content_type: application/json, body: '{"fallback":true}' }
+                fallback: {{ status: 200, content_type: application/json, body: '{{"fallback":true}}' }}
             "#,
-        ),
+            urls[0], urls[1]
+        )),
     );
     let out = weir_command()
         .args([

@@ -838,33 +838,15 @@ pub async fn assert_problem_without(
 /// The value of one sample in a Prometheus text exposition, labels in any order; 0 when
 /// the series is absent (counters at zero may not be written).
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_text, value) = if let Some(inner) = rest.strip_prefix('{') {
-            let Some((l, v)) = inner.split_once('}') else {
-                continue;
-            };
-            (l, v)
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            continue;
-        };
-        let found: Vec<(&str, &str)> = label_text
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-            .collect();
-        if found.len() == labels.len() && labels.iter().all(|l| found.contains(l)) {
-            return value.trim().parse().expect("sample value");
-        }
-    }
-    0.0
+    super::limits::samples(text, name)
+        .into_iter()
+        .find(|(found, _)| {
+            found.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| found.get(*k).is_some_and(|x| x == v))
+        })
+        .map_or(0.0, |(_, v)| v)
 }
 
 /// `weir_auth_failures_total{route, reason}` from a metrics text.
