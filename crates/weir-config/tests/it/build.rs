@@ -2,11 +2,9 @@
 //! effective config and its version.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::ok;
+use crate::common::ok;
 use weir_config::{AccessLogTarget, LogFormat};
 use weir_domain::balance::LoadBalancing;
 use weir_domain::route::{HostPattern, MethodSet, PathPattern, RouteAction, UpstreamId};

@@ -1,11 +1,11 @@
 //! The admin API (contract §6), metrics (§7) and the access log, observed from outside.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, DEADLINE, Gateway, MapEnv, TempDir, eventually, start, start_with_env};
+use crate::common::{
+    Backend, DEADLINE, Gateway, MapEnv, TempDir, eventually, start, start_with_env,
+};
 use serde_json::Value;
 
 fn api_config(backend: &Backend) -> String {
@@ -157,7 +157,7 @@ async fn connections_active_follows_open_connections() {
             .unwrap();
         let mut buf = Vec::new();
         assert_eq!(
-            common::read_response(&mut c, &mut buf)
+            crate::common::read_response(&mut c, &mut buf)
                 .await
                 .map(|r| r.status),
             Some(200)
@@ -182,8 +182,8 @@ const TOKEN: &str = "s3cr3t-admin-token-xyz";
 async fn token_gateway(backend: &Backend) -> Gateway {
     let yaml = format!(
         "admin:\n  listen: {}\n  token: ${{ADMIN_TOKEN}}\n{}",
-        common::ADMIN_LISTEN,
-        common::dedent(&api_config(backend))
+        crate::common::ADMIN_LISTEN,
+        crate::common::dedent(&api_config(backend))
     );
     start_with_env(&yaml, &MapEnv::with(&[("ADMIN_TOKEN", TOKEN)])).await
 }
@@ -252,7 +252,7 @@ async fn admin_401_has_the_full_problem_shape() {
         .map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(resp.status(), 401);
     let body: Value = resp.json().await.unwrap();
-    common::check_problem_body(&body, 401, "unauthorized", request_id.as_deref());
+    crate::common::check_problem_body(&body, 401, "unauthorized", request_id.as_deref());
     gw.stop().await;
 }
 
@@ -435,7 +435,7 @@ async fn draining_turns_readyz_503_and_lets_requests_finish() {
     backend.release();
     let resp = in_flight.await.unwrap();
     assert_eq!(resp.status(), 200, "the in-flight request finished");
-    assert_eq!(common::backend_of(resp).await, "b");
+    assert_eq!(crate::common::backend_of(resp).await, "b");
     let drained = tokio::time::timeout(DEADLINE, stopping)
         .await
         .expect("shutdown finishes")
@@ -451,7 +451,7 @@ async fn access_log_writes_one_json_line_per_request() {
     let yaml = format!(
         "observability:\n  access_log: {{ enabled: true, path: \"{}\" }}\n{}",
         log.display(),
-        common::dedent(&api_config(&backend))
+        crate::common::dedent(&api_config(&backend))
     );
     let gw = start(&yaml).await;
     let resp = gw
@@ -528,7 +528,7 @@ async fn access_log_writes_one_json_line_per_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_and_admin_may_both_use_port_zero() {
-    let yaml = common::dedent(
+    let yaml = crate::common::dedent(
         r#"
         listeners:
           - name: public
@@ -555,7 +555,7 @@ async fn listener_and_admin_may_both_use_port_zero() {
     let admin = running.admin_addr.unwrap();
     assert_ne!(running.addrs[0], admin);
     assert_ne!(running.addrs[0], running.addrs[1]);
-    let client = common::client();
+    let client = crate::common::client();
     assert_eq!(
         client
             .get(format!("http://{}/", running.addrs[1]))

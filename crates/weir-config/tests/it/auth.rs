@@ -2,12 +2,10 @@
 //! builds, and every problem, with its exact location and wording.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestEnv, ok, problems};
+use crate::common::{TestEnv, ok, problems};
 use weir_config::{Overrides, load_file, load_str_in};
 use weir_domain::auth::{
     Algorithm, ApiKey, JwtKey, JwtSpec, KeyFamily, Provider, ProviderId, ProviderKind,

@@ -1,12 +1,10 @@
 //! `${VAR}` interpolation, `WEIR_*` overrides, flags, and their precedence.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{TestEnv, ok_with, problems_with};
+use crate::common::{TestEnv, ok_with, problems_with};
 use weir_config::{LogFormat, Overrides};
 use weir_domain::route::RouteAction;
 

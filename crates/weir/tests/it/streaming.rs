@@ -2,11 +2,9 @@
 //! `weir` binary, with the process's peak resident memory staying under a fixed bound.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Instant;
 
-use common::{Backend, TempDir, echo, peak_rss_kib, spawn_weir};
+use crate::common::{Backend, TempDir, echo, peak_rss_kib, spawn_weir};
 use futures_util::StreamExt;
 
 const GIB: u64 = 1 << 30;
@@ -20,7 +18,7 @@ async fn one_gib_each_way_streams_with_flat_memory() {
     let dir = TempDir::new("stream");
     let config = dir.write(
         "weir.yaml",
-        &common::config(&format!(
+        &crate::common::config(&format!(
             r#"
             limits: {{ max_body_bytes: 2GiB }}
             upstreams:
@@ -36,7 +34,7 @@ async fn one_gib_each_way_streams_with_flat_memory() {
         )),
     );
     let weir = spawn_weir(&["run", "-c", config.to_str().unwrap()], &[]);
-    let client = common::client();
+    let client = crate::common::client();
     let idle_rss = peak_rss_kib(weir.pid());
 
     // Upload: 1024 chunks of 1 MiB, all the same bytes, never 1 GiB in memory here either.

@@ -3,12 +3,10 @@
 //! the admin API and the metrics show it; no healthy target is a 503.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use common::{Backend, DEADLINE, Gateway, assert_problem, backend_of, eventually, start};
+use crate::common::{Backend, DEADLINE, Gateway, assert_problem, backend_of, eventually, start};
 
 fn checked_upstream(urls: &[String], interval: &str, healthy: u32, unhealthy: u32) -> String {
     let targets: Vec<String> = urls.iter().map(|u| format!("{{ url: \"{u}\" }}")).collect();
@@ -158,7 +156,7 @@ async fn no_healthy_target_is_upstream_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_target_is_taken_out_and_traffic_flows_to_the_rest() {
     let live = Backend::start("live").await;
-    let dead = format!("http://{}", common::dead_addr());
+    let dead = format!("http://{}", crate::common::dead_addr());
     let gw = start(&checked_upstream(&[live.url(), dead.clone()], "50ms", 1, 2)).await;
     let (gw_ref, dead_ref) = (&gw, dead.as_str());
     eventually(

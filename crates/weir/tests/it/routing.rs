@@ -2,9 +2,7 @@
 //! order, 404/405 problems, `respond:` routes, path normalization and path transforms.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{Backend, assert_problem, echo, raw_get, start};
+use crate::common::{Backend, assert_problem, echo, raw_get, start};
 
 /// The body of a `respond:` route, which these tests set to the route's name.
 async fn answered_by(req: reqwest::RequestBuilder) -> String {
@@ -18,7 +16,7 @@ async fn answered_by(req: reqwest::RequestBuilder) -> String {
     body
 }
 
-async fn route_for(gw: &common::Gateway, path: &str) -> String {
+async fn route_for(gw: &crate::common::Gateway, path: &str) -> String {
     answered_by(gw.client.get(gw.url(path))).await
 }
 
@@ -405,7 +403,7 @@ async fn paths_are_routed_and_forwarded_normalized_with_query_kept() {
     // A malformed encoding is a bad request, never forwarded.
     let resp = raw_get(gw.addr, "/n/%zz").await;
     assert_eq!(resp.status, 400);
-    common::check_problem_body(
+    crate::common::check_problem_body(
         &resp.json(),
         400,
         "bad_request",

@@ -4,24 +4,22 @@
 //! Redis is down or frozen each policy's `on_error` decides and weir never answers 5xx; when
 //! Redis is back, limits apply again without a restart.
 //!
-//! Each test starts its own `redis-server` on a free port (`common::redis`) and several weir
+//! Each test starts its own `redis-server` on a free port (`crate::common::redis`) and several weir
 //! gateways in this process with the same config: each gateway has its own state, so they
 //! model several weir processes sharing one Redis. Without `redis-server` the tests are
 //! skipped loudly, or fail under `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::idp::TestCa;
-use common::limits::{
+use crate::common::idp::TestCa;
+use crate::common::limits::{
     Answer, assert_ten_of_thirty, concurrently, metric_sum, rate_limited_total, send,
 };
-use common::redis::RedisServer;
-use common::{Backend, DEADLINE, Gateway, check_problem_body, eventually, start};
+use crate::common::redis::RedisServer;
+use crate::common::{Backend, DEADLINE, Gateway, check_problem_body, eventually, start};
 use serde_json::Value;
 
 /// `redis.timeout` of the tests about outages: the documented default.

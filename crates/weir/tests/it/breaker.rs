@@ -5,14 +5,12 @@
 //! The state shows in `/upstreams` (`circuit`) and in `weir_circuit_breaker_state`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::faults::{Flaky, counter, is_problem, one_upstream, target_info, upstream_info};
-use common::{Backend, DEADLINE, Gateway, assert_problem, backend_of, eventually, start};
+use crate::common::faults::{Flaky, counter, is_problem, one_upstream, target_info, upstream_info};
+use crate::common::{Backend, DEADLINE, Gateway, assert_problem, backend_of, eventually, start};
 
 const BREAKER: &str = "circuit_breaker: { failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 1s, half_open_requests: 1 }";
 const OPEN_FOR: Duration = Duration::from_secs(1);

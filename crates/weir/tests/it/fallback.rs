@@ -6,15 +6,13 @@
 //! restart. `weir explain` shows the retry plan and the fallback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::faults::{
+use crate::common::faults::{
     Fault, Flaky, RawFault, content_type, counter, fallback_header, is_problem, refusing_url,
     retries, retry_line,
 };
-use common::{Backend, DEADLINE, Gateway, TempDir, backend_of, start, weir_command};
+use crate::common::{Backend, DEADLINE, Gateway, TempDir, backend_of, start, weir_command};
 
 /// `weir_fallbacks_total{route, kind}`.
 async fn fallbacks(gw: &Gateway, route: &str, kind: &str) -> u64 {
@@ -326,7 +324,7 @@ async fn an_upstream_5xx_passed_through_is_not_replaced_by_the_fallback() {
     assert_eq!(retries(&gw, "retried").await, 3);
     let text = gw.metrics().await;
     assert_eq!(
-        common::faults::sample(&text, "weir_fallbacks_total", &[]),
+        crate::common::faults::sample(&text, "weir_fallbacks_total", &[]),
         0.0,
         "no fallback was served"
     );
@@ -346,7 +344,7 @@ fn explain_shows_the_retry_plan_and_the_fallback() {
     let dir = TempDir::new("explain-resilience");
     let config = dir.write(
         "weir.yaml",
-        &common::config(&format!(
+        &crate::common::config(&format!(
             r#"
             upstreams:
               be:

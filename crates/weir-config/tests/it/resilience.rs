@@ -2,11 +2,9 @@
 //! in the effective config, and every problem with its exact location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ok, problems};
+use crate::common::{ok, problems};
 use serde_json::json;
 use weir_domain::breaker::BreakerPolicy;
 use weir_domain::outlier::PassivePolicy;

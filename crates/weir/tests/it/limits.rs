@@ -2,11 +2,9 @@
 //! connections, and the connection cap, observed on real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, DEADLINE, assert_problem, closed_within, read_response, start};
+use crate::common::{Backend, DEADLINE, assert_problem, closed_within, read_response, start};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -8,15 +8,13 @@
 //! counted (from the backend's side), and weir's metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::faults::{
+use crate::common::faults::{
     Fault, Flaky, MID_BODY_LENGTH, RawFault, counter, failures, one_upstream, refusing_url,
     retries, retry_line, sample, target_info, upstream_info,
 };
-use common::{Backend, DEADLINE, Gateway, assert_problem, eventually, start};
+use crate::common::{Backend, DEADLINE, Gateway, assert_problem, eventually, start};
 use serde_json::{Value, json};
 
 /// All the retry conditions of the spec.

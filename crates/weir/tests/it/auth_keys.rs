@@ -3,15 +3,13 @@
 //! what reaches the upstream, what never does, and what the client is told.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use serde_json::Value;
 
-use common::idp::{
+use crate::common::idp::{
     CLIENT_SECRET, argon2id_hash, assert_problem_without, assert_unauthorized, auth_failures,
     basic, bcrypt_hash, hex, names_scheme, sha256_key, try_load, unused_addr, www_authenticate,
 };
-use common::{Backend, Gateway, echo, echoed_header, raw_get, raw_request, start};
+use crate::common::{Backend, Gateway, echo, echoed_header, raw_get, raw_request, start};
 
 const ACME_KEY: &str = "plain-key-1-acme-0f3a9c";
 const ACME_HASHED_KEY: &str = "hashed-key-2-acme-77e1b0";

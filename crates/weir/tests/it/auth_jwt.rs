@@ -3,19 +3,17 @@
 //! its keys, and attack tokens, none of which may reach the upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use futures_util::future::join_all;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde_json::{Value, json};
 
-use common::idp::{
+use crate::common::idp::{
     AUDIENCE, ISSUER, Idp, SigningKey, alg_none_token, assert_problem_without, assert_unauthorized,
     auth_failures, claims, claims_with_roles, hs256_token, now, raw_token, tamper, token_header,
     try_start, unique, unused_addr,
 };
-use common::{
+use crate::common::{
     Backend, DEADLINE, Gateway, TempDir, echo, echoed_header, eventually, raw_request, start,
 };
 
@@ -83,7 +81,7 @@ async fn bearer(gw: &Gateway, path: &str, token: &str) -> reqwest::Response {
 async fn idp_self_check_minted_tokens_verify_against_the_served_jwks() {
     let keys = four_keys();
     let idp = Idp::with_keys(&refs(&keys)).await;
-    let client = common::client();
+    let client = crate::common::client();
     let fetch = || async {
         let text = client
             .get(idp.jwks_url())
@@ -790,7 +788,7 @@ async fn huge_tokens_are_401_within_the_header_limit_and_431_beyond() {
     let backend = Backend::start("b").await;
     let yaml = format!(
         "limits: {{ max_header_bytes: 16KiB }}\n{}",
-        common::dedent(&jwks_config(&backend, &idp.jwks_url(), ""))
+        crate::common::dedent(&jwks_config(&backend, &idp.jwks_url(), ""))
     );
     let gw = start(&yaml).await;
     let good = claims_with_roles("h", &both_roles());

@@ -2,11 +2,9 @@
 //! problem with its exact location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ok, problems};
+use crate::common::{ok, problems};
 use serde_json::json;
 use weir_domain::discovery::{Discovery, DnsDiscovery, DnsQuery};
 

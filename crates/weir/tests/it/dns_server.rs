@@ -1,16 +1,14 @@
-//! The test name server (`common::dns::TestDns`) answers correct DNS, checked two ways: with
+//! The test name server (`crate::common::dns::TestDns`) answers correct DNS, checked two ways: with
 //! a real resolver (hickory, as weir uses it) and byte by byte over raw UDP and TCP. Then
 //! weir's DNS watcher (`weir_infra::discovery::watch_dns`) against it: targets from A/AAAA
 //! and SRV records, changes seen within a refresh, TTLs, and which outcomes are failures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::dns::{TYPE_A, TYPE_AAAA, TYPE_SRV, TestDns};
+use crate::common::dns::{TYPE_A, TYPE_AAAA, TYPE_SRV, TestDns};
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};

@@ -2,13 +2,11 @@
 //! random edits all end in `Ok` or in problems.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::TestEnv;
+use crate::common::TestEnv;
 use proptest::prelude::*;
 use weir_config::{Overrides, load_str};
 
-const VALID: &str = include_str!("../../../weir.yaml");
+const VALID: &str = include_str!("../../../../weir.yaml");
 
 fn load(text: &str, env: &TestEnv) {
     if let Err(problems) = load_str("fuzz.yaml", text, env, &Overrides::default()) {

@@ -2,8 +2,6 @@
 //! silently drift from the types.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 
 use serde_json::Value;
@@ -149,7 +147,7 @@ fn key_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
 fn every_key_is_documented() {
     let docs_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
     let docs = std::fs::read_to_string(docs_path).unwrap();
-    let loaded = common::ok(EVERY_KEY);
+    let loaded = crate::common::ok(EVERY_KEY);
     let mut paths = Vec::new();
     key_paths(&loaded.effective, "", &mut paths);
     paths.sort();
@@ -187,7 +185,7 @@ fn every_not_supported_key_is_rejected() {
             }
             k => format!("{}\n", nest(k)),
         };
-        let p = common::problems(&yaml);
+        let p = crate::common::problems(&yaml);
         assert!(
             p.iter().any(|m| m.contains("not supported yet")),
             "{key}: {p:?}"

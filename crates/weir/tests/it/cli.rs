@@ -3,13 +3,11 @@
 //! interpolation, `explain`, and draining on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Backend, DEADLINE, TempDir, dedent, eventually, spawn_weir, weir_command};
+use crate::common::{Backend, DEADLINE, TempDir, dedent, eventually, spawn_weir, weir_command};
 
 fn run(dir: &TempDir, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = weir_command();
@@ -261,7 +259,7 @@ fn bind_failure_exits_2() {
     drop(taken);
 }
 
-fn admin_ip(w: &common::WeirProcess) -> String {
+fn admin_ip(w: &crate::common::WeirProcess) -> String {
     w.admin.expect("admin address logged").ip().to_string()
 }
 
@@ -290,7 +288,7 @@ async fn flags_beat_environment_beat_file() {
     let config = GOOD.replace("listen: 127.0.0.2:0", "listen: 127.0.0.3:0");
     let path = dir.write("weir.yaml", &config);
     let c = path.to_str().unwrap();
-    let client = common::client();
+    let client = crate::common::client();
 
     let w = spawn_weir(
         &["run", "-c", c, "--admin-listen", "127.0.0.5:0"],
@@ -392,7 +390,11 @@ async fn environment_variables_are_interpolated() {
         &["run", "-c", c],
         &[("LISTEN_ADDR", "127.0.0.1:0"), ("ENV_NAME", "prod")],
     );
-    let resp = common::client().get(w.url("/hello")).send().await.unwrap();
+    let resp = crate::common::client()
+        .get(w.url("/hello"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-env"], "prod");
     assert_eq!(resp.text().await.unwrap(), "hello from the default");
@@ -464,7 +466,7 @@ fn explain_names_the_route_or_the_error() {
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let backend = Backend::start("slow").await;
     let dir = TempDir::new("cli");
-    let config = common::config(&format!(
+    let config = crate::common::config(&format!(
         r#"
         upstreams:
           be:
@@ -478,7 +480,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     ));
     let path = dir.write("weir.yaml", &config);
     let mut w = spawn_weir(&["run", "-c", path.to_str().unwrap()], &[]);
-    let client = common::client();
+    let client = crate::common::client();
     let readyz = w.admin_url("/readyz");
     assert_eq!(client.get(&readyz).send().await.unwrap().status(), 200);
 
@@ -521,7 +523,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
             .unwrap()
             .unwrap_or_else(|e| panic!("request {i} failed during the drain: {e}"));
         assert_eq!(resp.status(), 200, "request {i}");
-        assert_eq!(common::backend_of(resp).await, "slow");
+        assert_eq!(crate::common::backend_of(resp).await, "slow");
     }
     assert_eq!(
         w.wait_exit(DEADLINE),
@@ -536,7 +538,7 @@ async fn sigint_stops_and_sighup_does_not() {
     let dir = TempDir::new("cli");
     let path = dir.write("weir.yaml", GOOD);
     let mut w = spawn_weir(&["run", "-c", path.to_str().unwrap()], &[]);
-    let client = common::client();
+    let client = crate::common::client();
     w.signal("HUP");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -565,8 +567,8 @@ async fn sigint_stops_and_sighup_does_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_have_unique_keys() {
     let dir = TempDir::new("cli");
-    let dead = common::dead_addr();
-    let config = common::config(&format!(
+    let dead = crate::common::dead_addr();
+    let config = crate::common::config(&format!(
         r#"
         upstreams:
           be:
@@ -580,7 +582,7 @@ async fn json_log_lines_have_unique_keys() {
     let path = dir.write("weir.yaml", &config);
     let w = spawn_weir(&["run", "-c", path.to_str().unwrap()], &[]);
     assert_eq!(
-        common::client()
+        crate::common::client()
             .get(w.url("/x"))
             .send()
             .await

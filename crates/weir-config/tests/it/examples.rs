@@ -1,11 +1,9 @@
 //! Every example config loads, and does what its comments say.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::TestEnv;
+use crate::common::TestEnv;
 use weir_config::{Loaded, Overrides, load_file};
 use weir_domain::balance::LoadBalancing;
 use weir_domain::route::{MethodSet, Route, RouteAction};

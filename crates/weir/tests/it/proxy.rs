@@ -2,11 +2,9 @@
 //! upstream failures, HTTP/2 on both sides, and WebSocket upgrades.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     Backend, Fnv, Mode, WsBackend, assert_problem, echo, echoed_header, raw_request, start,
 };
 
@@ -86,7 +84,7 @@ async fn forwarded_for_is_appended_when_the_peer_is_a_trusted_proxy() {
     let backend = Backend::start("b").await;
     let yaml = format!(
         "trusted_proxies: [127.0.0.0/8]\n{}",
-        common::dedent(&one_upstream(&backend.url(), ""))
+        crate::common::dedent(&one_upstream(&backend.url(), ""))
     );
     let gw = start(&yaml).await;
     let v = echo(
@@ -342,7 +340,7 @@ async fn upstream_statuses_pass_through_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_is_bad_gateway() {
-    let dead = common::dead_addr();
+    let dead = crate::common::dead_addr();
     let gw = start(&one_upstream(&format!("http://{dead}"), "")).await;
     let body = assert_problem(gw.get("/x").await, 502, "bad_gateway").await;
     let detail = body["detail"].as_str().unwrap();
@@ -370,7 +368,7 @@ async fn slow_upstream_is_gateway_timeout() {
 async fn h2c_clients_are_proxied_to_http1_upstreams() {
     let backend = Backend::start("b").await;
     let gw = start(&one_upstream(&backend.url(), "")).await;
-    let client = common::h2c_client();
+    let client = crate::common::h2c_client();
     let mut tasks = Vec::new();
     for i in 0..10 {
         let req = client
@@ -402,7 +400,7 @@ async fn h2c_clients_get_x_forwarded_host() {
     let backend = Backend::start("b").await;
     let gw = start(&h2_upstream(&backend.url())).await;
     let v = echo(
-        common::h2c_client()
+        crate::common::h2c_client()
             .get(gw.url("/h2"))
             .send()
             .await
@@ -438,7 +436,7 @@ async fn http2_upstreams_are_reached_with_prior_knowledge() {
     }
     // And HTTP/2 at both ends.
     let v = echo(
-        common::h2c_client()
+        crate::common::h2c_client()
             .get(gw.url("/both"))
             .send()
             .await
@@ -463,7 +461,7 @@ async fn websocket_upgrades_are_tunnelled() {
     assert_eq!(resp.status(), 101);
     for i in 0..5 {
         ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let reply = tokio::time::timeout(common::DEADLINE, ws.next())
+        let reply = tokio::time::timeout(crate::common::DEADLINE, ws.next())
             .await
             .expect("a reply")
             .unwrap()
@@ -472,7 +470,7 @@ async fn websocket_upgrades_are_tunnelled() {
     }
     let blob: Vec<u8> = (0..70_000u32).map(|i| (i % 256) as u8).collect();
     ws.send(Message::binary(blob.clone())).await.unwrap();
-    let reply = tokio::time::timeout(common::DEADLINE, ws.next())
+    let reply = tokio::time::timeout(crate::common::DEADLINE, ws.next())
         .await
         .expect("a reply")
         .unwrap()
@@ -508,7 +506,7 @@ async fn an_http_1_0_upstream_does_not_downgrade_the_client() {
         conn.write_all(b"GET /x HTTP/1.1\r\nHost: test.local\r\n\r\n")
             .await
             .unwrap();
-        let resp = common::read_response(&mut conn, &mut buf)
+        let resp = crate::common::read_response(&mut conn, &mut buf)
             .await
             .expect("an answer on the same connection");
         assert_eq!(resp.status, 200);

@@ -3,15 +3,13 @@
 //! hangs or goes away; answers cached; weir failing closed when it cannot ask.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use serde_json::json;
 
-use common::idp::{
+use crate::common::idp::{
     CLIENT_ID, CLIENT_SECRET, Idp, Introspection, assert_problem_without, assert_unauthorized,
     auth_failures, basic, now, unique,
 };
-use common::{Backend, DEADLINE, Gateway, echo, echoed_header, eventually, start};
+use crate::common::{Backend, DEADLINE, Gateway, echo, echoed_header, eventually, start};
 
 /// Provider `idp` asking `idp`'s endpoint (roles from `scope`, `timeout` as given); routes
 /// `orders` (`/orders`, role `orders:read`), `write` (`/write`, both roles), `open` (`/`).
@@ -61,7 +59,7 @@ async fn idp_self_check_introspection_checks_the_client_answers_and_counts() {
     let idp = Idp::start().await;
     let alice = token("alice");
     idp.activate(&alice, "alice", "orders:read orders:write");
-    let client = common::client();
+    let client = crate::common::client();
     let ask = |auth: String, body: String| {
         client
             .post(idp.introspection_url())
@@ -113,7 +111,7 @@ async fn idp_self_check_introspection_checks_the_client_answers_and_counts() {
     assert!(hung.is_err(), "a hanging endpoint does not answer");
     idp.go_away();
     eventually("the endpoint to be gone", DEADLINE, || async {
-        common::client()
+        crate::common::client()
             .post(idp.introspection_url())
             .body("token=x")
             .send()

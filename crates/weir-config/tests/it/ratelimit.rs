@@ -2,11 +2,9 @@
 //! its exact place.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ok, problems};
+use crate::common::{ok, problems};
 use serde_json::json;
 use weir_domain::ratelimit::{LimitKey, LimitStore, OnError, RateLimitPolicy};
 

@@ -6,15 +6,13 @@
 //! one window and the outcomes do not depend on timing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Instant;
 
-use common::limits::{
+use crate::common::limits::{
     Answer, assert_ten_of_thirty, concurrently, metric_sum, rate_limited_total, send,
     start_on_workers,
 };
-use common::{Backend, DEADLINE, eventually, start};
+use crate::common::{Backend, DEADLINE, eventually, start};
 
 const ACME_KEY: &str = "rl-acme-key-6b1f0e";
 const BOB_KEY: &str = "rl-bob-key-94c2d7";
@@ -24,9 +22,9 @@ const BOB_KEY: &str = "rl-bob-key-94c2d7";
 fn with_routes(backend: &Backend, top: &str, routes: &str) -> String {
     format!(
         "{top}\nupstreams:\n  be:\n    targets: [{{ url: \"{url}\" }}]\nroutes:\n{routes}",
-        top = common::dedent(top),
+        top = crate::common::dedent(top),
         url = backend.url(),
-        routes = common::dedent(routes)
+        routes = crate::common::dedent(routes)
             .lines()
             .map(|l| format!("  {l}\n"))
             .collect::<String>(),
@@ -705,7 +703,7 @@ async fn refused_requests_never_reach_the_backend_even_with_a_body() {
     // it did not read (without `Connection: close`), and a pooled connection could then be
     // reused just as it closes. That is the server's general behaviour, not the limiter's.
     let post = || {
-        common::client()
+        crate::common::client()
             .post(gw.url("/r/upload"))
             .header("x-echo-body", "1")
             .body(body.clone())
@@ -725,7 +723,7 @@ async fn refused_requests_never_reach_the_backend_even_with_a_body() {
     }
     // Other routes are not affected.
     let a = Answer::read(
-        common::client()
+        crate::common::client()
             .get(gw.url("/open/x"))
             .send()
             .await

@@ -2,13 +2,11 @@
 //! and that stateful policies react to load and to health.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Backend, DEADLINE, Gateway, backend_of, eventually, start};
+use crate::common::{Backend, DEADLINE, Gateway, backend_of, eventually, start};
 
 /// One upstream `be` over `backends` behind a catch-all route.
 fn upstream_config(backends: &[&Backend], weights: &[u32], policy: &str, extra: &str) -> String {

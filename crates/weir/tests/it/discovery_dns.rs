@@ -3,14 +3,12 @@
 //! target, a failing server keeps the last-known-good set (stale), an empty answer empties it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::dns::TestDns;
-use common::{Backend, Gateway, assert_problem, backend_of, client, eventually, start};
+use crate::common::dns::TestDns;
+use crate::common::{Backend, Gateway, assert_problem, backend_of, client, eventually, start};
 
 const SRV: &str = "_http._tcp.be.test";
 const LOCAL: [Ipv4Addr; 1] = [Ipv4Addr::LOCALHOST];

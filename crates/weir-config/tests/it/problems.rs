@@ -1,9 +1,7 @@
 //! Every kind of problem `load_str` reports, with its exact location and wording.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::problems;
+use crate::common::problems;
 
 /// A valid base to append a broken part to: one upstream `users`, one route.
 const BASE: &str = "\
@@ -405,9 +403,9 @@ upstreams:
     let p = problems(yaml).join("\n");
     assert!(!p.contains("s3cr3t"), "{p}");
     // A secret interpolated into a field that echoes its value is scrubbed too.
-    let env = common::TestEnv::with(&[("TOKEN", "tok-value-1")]);
+    let env = crate::common::TestEnv::with(&[("TOKEN", "tok-value-1")]);
     let yaml = "admin: { token: '${TOKEN}', listen: '${TOKEN}' }\n";
-    let p = common::problems_with(yaml, &env, &Default::default()).join("\n");
+    let p = crate::common::problems_with(yaml, &env, &Default::default()).join("\n");
     assert!(!p.contains("tok-value-1"), "{p}");
     assert!(p.contains("admin.listen: \"***\""), "{p}");
 }
@@ -460,7 +458,7 @@ fn redis_ca_file_needs_rediss_everywhere() {
             "weir.yaml",
             yaml,
             &keys,
-            &common::TestEnv::default(),
+            &crate::common::TestEnv::default(),
             &weir_config::Overrides::default(),
         )
     };

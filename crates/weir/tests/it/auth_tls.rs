@@ -4,18 +4,16 @@
 //! `auth_unavailable` and nothing reaches the backend.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
-use common::idp::{
+use crate::common::idp::{
     AUDIENCE, ISSUER, Idp, SigningKey, TestCa, assert_problem_without, auth_failures,
     claims_with_roles, unique,
 };
-use common::{Backend, Gateway, TempDir, echo, echoed_header, start};
+use crate::common::{Backend, Gateway, TempDir, echo, echoed_header, start};
 
 /// A provider `corp` reading its keys from `jwks_url`, trusting `ca_file`; route `orders`
 /// (`/orders`) needs it.

@@ -1,0 +1,23 @@
+//! Integration tests of `weir`, in one binary: a binary per file would link the whole
+//! dependency tree once per file, which costs minutes and gigabytes on a 2-core CI machine.
+
+mod admin;
+mod auth_jwt;
+mod auth_keys;
+mod auth_oauth2;
+mod auth_tls;
+mod balancing;
+mod breaker;
+mod cli;
+mod common;
+mod discovery_dns;
+mod dns_server;
+mod fallback;
+mod health;
+mod limits;
+mod proxy;
+mod ratelimit;
+mod ratelimit_redis;
+mod resilience;
+mod routing;
+mod streaming;
