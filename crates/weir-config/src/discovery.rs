@@ -2,13 +2,17 @@
 //! targets come from at run time instead of `targets`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use weir_domain::discovery::{Discovery, DnsDiscovery, DnsQuery};
+use weir_domain::discovery::{ConsulDiscovery, Discovery, DnsDiscovery, DnsQuery, EtcdDiscovery};
 
-use crate::checks::{duration, unsupported};
-use crate::model::{DiscoveryConfig, DnsDiscoveryConfig};
+use crate::checks::duration;
+use crate::model::{
+    ConsulDiscoveryConfig, DiscoveryConfig, DnsDiscoveryConfig, EtcdDiscoveryConfig,
+};
 use crate::node::KeyPath;
+use crate::registries::{Registries, Section, name_part};
 use crate::report::Report;
 
 /// The shortest `refresh`: a name server is not asked more often than once a second.
@@ -20,25 +24,14 @@ const MAX_NAME: usize = 253;
 /// The longest label of a DNS name.
 const MAX_LABEL: usize = 63;
 
-/// `upstreams.<name>.discovery` (at `path`): exactly one source. `None` when it has
-/// problems, all reported.
+/// `upstreams.<name>.discovery` (at `path`): exactly one source; etcd and Consul through
+/// the top-level sections in `registries`. `None` when it has problems, all reported.
 pub(crate) fn build(
     cfg: &DiscoveryConfig,
+    registries: &Registries,
     path: &KeyPath,
     r: &mut Report<'_>,
 ) -> Option<Discovery> {
-    unsupported(
-        r,
-        &path.key("etcd"),
-        &cfg.etcd,
-        "etcd discovery is not supported yet; use `dns`, or list `targets`",
-    );
-    unsupported(
-        r,
-        &path.key("consul"),
-        &cfg.consul,
-        "Consul discovery is not supported yet; use `dns`, or list `targets`",
-    );
     let sources: Vec<&str> = [
         ("dns", cfg.dns.is_some()),
         ("etcd", cfg.etcd.is_some()),
@@ -51,8 +44,8 @@ pub(crate) fn build(
         [] => {
             r.at(
                 path,
-                "discovery needs one source, such as dns: { name: users.internal, port: 9000 } \
-                 or dns: { srv: _http._tcp.users.internal }",
+                "discovery needs one source: dns: { name: users.internal, port: 9000 }, \
+                 etcd: { prefix: /weir/upstreams/users/ } or consul: { service: users }",
             );
             return None;
         }
@@ -67,8 +60,86 @@ pub(crate) fn build(
             return None;
         }
     }
-    let dns = cfg.dns.as_ref()?;
-    dns_discovery(dns, &path.key("dns"), r).map(Discovery::Dns)
+    if let Some(dns) = &cfg.dns {
+        return dns_discovery(dns, &path.key("dns"), r).map(Discovery::Dns);
+    }
+    if let Some(etcd) = &cfg.etcd {
+        return etcd_discovery(etcd, &registries.etcd, &path.key("etcd"), r).map(Discovery::Etcd);
+    }
+    let consul = cfg.consul.as_ref()?;
+    consul_discovery(consul, &registries.consul, &path.key("consul"), r).map(Discovery::Consul)
+}
+
+/// `discovery.etcd`: a prefix, read from the cluster of the top-level `etcd` section.
+fn etcd_discovery(
+    c: &EtcdDiscoveryConfig,
+    cluster: &Section<weir_domain::discovery::EtcdCluster>,
+    path: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<EtcdDiscovery> {
+    let prefix = c.prefix.trim();
+    let prefix = if prefix.is_empty() {
+        // An empty prefix would make every key of the cluster a target.
+        r.at(
+            &path.key("prefix"),
+            "the prefix cannot be empty; use the keys of one upstream, such as \
+             /weir/upstreams/users/",
+        );
+        None
+    } else {
+        Some(prefix.to_owned())
+    };
+    let cluster = match cluster {
+        Section::Ready(c) => Some(Arc::clone(c)),
+        Section::Broken => None,
+        Section::Absent => {
+            r.at_key(
+                path,
+                "etcd discovery needs the top-level `etcd` section, such as \
+                 etcd: { endpoints: [http://10.0.0.5:2379] }",
+            );
+            None
+        }
+    };
+    Some(EtcdDiscovery {
+        prefix: prefix?,
+        cluster: cluster?,
+    })
+}
+
+/// `discovery.consul`: a service (and tag, datacenter), asked of the top-level `consul`
+/// section's agent.
+fn consul_discovery(
+    c: &ConsulDiscoveryConfig,
+    agent: &Section<weir_domain::discovery::ConsulAgent>,
+    path: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<ConsulDiscovery> {
+    let service = r.check(&path.key("service"), name_part("service", &c.service));
+    if service.as_deref().is_some_and(|s| s.contains('/')) {
+        r.at(&path.key("service"), "a Consul service name has no '/'");
+        return None;
+    }
+    let tag = match &c.tag {
+        None => Some(None),
+        Some(t) => r.check(&path.key("tag"), name_part("tag", t)).map(Some),
+    };
+    let datacenter = match &c.datacenter {
+        None => Some(None),
+        Some(d) => r
+            .check(&path.key("datacenter"), name_part("datacenter", d))
+            .map(Some),
+    };
+    let agent = match agent {
+        Section::Ready(a) => Some(Arc::clone(a)),
+        Section::Broken | Section::Absent => None,
+    };
+    Some(ConsulDiscovery {
+        service: service?,
+        tag: tag?,
+        datacenter: datacenter?,
+        agent: agent?,
+    })
 }
 
 /// `discovery.dns`.
@@ -230,6 +301,8 @@ fn server(text: &str) -> Result<SocketAddr, String> {
 mod tests {
     use std::cell::RefCell;
 
+    use weir_domain::discovery::{ConsulAgent, EtcdCluster};
+
     use super::*;
     use crate::de::from_node;
     use crate::node::{Origin, parse};
@@ -247,7 +320,7 @@ mod tests {
             DiscoveryConfig::default()
         });
         let mut r = Report::new(&root, issues.into_inner());
-        let built = build(&cfg, &path, &mut r);
+        let built = build(&cfg, &registries(), &path, &mut r);
         let problems = r
             .issues
             .into_iter()
@@ -259,6 +332,34 @@ mod tests {
             })
             .collect();
         (built, problems)
+    }
+
+    /// Both registries configured, as the top-level sections would build them.
+    fn registries() -> Registries {
+        Registries {
+            etcd: Section::Ready(Arc::new(cluster())),
+            consul: Section::Ready(Arc::new(agent())),
+        }
+    }
+
+    fn cluster() -> EtcdCluster {
+        EtcdCluster {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            credentials: None,
+            ca_pem: None,
+            identity: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn agent() -> ConsulAgent {
+        ConsulAgent {
+            address: "http://127.0.0.1:8500".to_owned(),
+            token: None,
+            datacenter: None,
+            ca_pem: None,
+            wait: Duration::from_secs(55),
+        }
     }
 
     fn ok(yaml: &str) -> Discovery {
@@ -321,31 +422,67 @@ mod tests {
         assert_eq!(
             bad("  {}\n"),
             [
-                "2:3 discovery: discovery needs one source, such as dns: { name: users.internal, \
-              port: 9000 } or dns: { srv: _http._tcp.users.internal }"
+                "2:3 discovery: discovery needs one source: dns: { name: users.internal, port: \
+                 9000 }, etcd: { prefix: /weir/upstreams/users/ } or consul: { service: users }"
             ]
         );
         assert_eq!(
             bad("  dns: { name: a, port: 1 }\n  consul: { service: users }\n"),
-            [
-                "3:3 discovery.consul: Consul discovery is not supported yet; use `dns`, or \
-                 list `targets`",
-                "3:3 discovery.consul: discovery takes exactly one source; `dns` is already given",
-            ]
-        );
-        assert_eq!(
-            bad("  etcd: { prefix: /weir/ }\n"),
-            [
-                "2:3 discovery.etcd: etcd discovery is not supported yet; use `dns`, or list `targets`"
-            ]
+            ["3:3 discovery.consul: discovery takes exactly one source; `dns` is already given"]
         );
         assert_eq!(
             bad("  dnss: {}\n"),
             [
                 "2:3 discovery.dnss: unknown key \"dnss\" (expected one of dns, etcd, consul)",
-                "2:3 discovery: discovery needs one source, such as dns: { name: users.internal, \
-                 port: 9000 } or dns: { srv: _http._tcp.users.internal }",
+                "2:3 discovery: discovery needs one source: dns: { name: users.internal, port: \
+                 9000 }, etcd: { prefix: /weir/upstreams/users/ } or consul: { service: users }",
             ]
+        );
+    }
+
+    #[test]
+    fn etcd_prefix_and_cluster() {
+        assert_eq!(
+            ok("  etcd: { prefix: ' /weir/upstreams/users/ ' }\n"),
+            Discovery::Etcd(EtcdDiscovery {
+                prefix: "/weir/upstreams/users/".to_owned(),
+                cluster: Arc::new(cluster()),
+            })
+        );
+        assert_eq!(
+            bad("  etcd: { prefix: '' }\n"),
+            [
+                "2:19 discovery.etcd.prefix: the prefix cannot be empty; use the keys of one \
+                 upstream, such as /weir/upstreams/users/"
+            ]
+        );
+        assert_eq!(
+            bad("  etcd: { prefx: /a/ }\n")[..2],
+            [
+                "2:11 discovery.etcd.prefx: unknown key \"prefx\" (expected one of prefix)",
+                "2:9 discovery.etcd: missing required key \"prefix\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn consul_service_tag_datacenter() {
+        assert_eq!(
+            ok("  consul: { service: users, tag: v2, datacenter: dc2 }\n"),
+            Discovery::Consul(ConsulDiscovery {
+                service: "users".to_owned(),
+                tag: Some("v2".to_owned()),
+                datacenter: Some("dc2".to_owned()),
+                agent: Arc::new(agent()),
+            })
+        );
+        assert_eq!(
+            bad("  consul: { service: 'a/b' }\n"),
+            ["2:22 discovery.consul.service: a Consul service name has no '/'"]
+        );
+        assert_eq!(
+            bad("  consul: { service: ' ', tag: 'x y', datacenter: '' }\n").len(),
+            3
         );
     }
 

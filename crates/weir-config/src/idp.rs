@@ -28,11 +28,7 @@ const MAX_CA_FILE: u64 = 1024 * 1024;
 /// case. `example` shows a URL of the right shape.
 pub(crate) fn url(text: &str, example: &str) -> Result<String, String> {
     let t = text.trim();
-    let Some((scheme, rest)) = ["https://", "http://"].into_iter().find_map(|scheme| {
-        let head = t.get(..scheme.len())?;
-        head.eq_ignore_ascii_case(scheme)
-            .then(|| (scheme, &t[scheme.len()..]))
-    }) else {
+    let Some((scheme, rest)) = split_scheme(t) else {
         return Err(format!(
             "\"{t}\" is not an http:// or https:// URL such as {example}"
         ));
@@ -52,6 +48,15 @@ pub(crate) fn url(text: &str, example: &str) -> Result<String, String> {
         return Err(format!("\"{t}\": a #fragment is never sent; remove it"));
     }
     Ok(format!("{scheme}{rest}"))
+}
+
+/// `http://` or `https://` (in lower case, whatever the case written) and the rest.
+pub(crate) fn split_scheme(t: &str) -> Option<(&'static str, &str)> {
+    ["https://", "http://"].into_iter().find_map(|scheme| {
+        let head = t.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| (scheme, &t[scheme.len()..]))
+    })
 }
 
 /// Whether a URL that [`url`] accepted is `https://`.

@@ -30,6 +30,7 @@ mod overrides;
 mod pem;
 mod ratelimit;
 mod redact;
+mod registries;
 mod report;
 mod resilience;
 mod routes;
@@ -306,7 +307,8 @@ pub fn load_str_in(
     let cfg = sections::read(&root, &typing);
     let mut report = Report::new(&root, typing.into_inner());
     let settings = settings::build(&cfg, dir, &mut report);
-    let upstreams = upstreams::build(&cfg.upstreams, &mut report);
+    let registries = registries::build(&cfg, dir, &mut report);
+    let upstreams = upstreams::build(&cfg.upstreams, &registries, &mut report);
     let providers = auth::providers(&cfg.auth, dir, &mut report);
     let consumers = auth::consumers(&cfg.consumers, &mut report);
     let names: Vec<&str> = cfg.upstreams.iter().map(|(n, _)| n.as_str()).collect();
@@ -339,16 +341,20 @@ pub fn load_str_in(
     };
     let mut effective = serde_json::to_value(&cfg).unwrap_or(serde_json::Value::Null);
     auth::fill_effective(&mut effective, &auth);
-    // A key file's content is part of what runs: rotating a key (or the Redis CA) is a new
-    // version.
+    // A key file's content is part of what runs: rotating a key (or the Redis CA, or a
+    // registry's certificates) is a new version.
     let redis_ca = settings
         .redis
         .as_ref()
         .and_then(|r| r.ca_pem.as_deref())
         .map(String::from_utf8_lossy)
         .unwrap_or_default();
-    let version =
-        redact::version(&(effective.to_string() + &auth::key_material(&auth) + &redis_ca));
+    let version = redact::version(
+        &(effective.to_string()
+            + &auth::key_material(&auth)
+            + &redis_ca
+            + &registries.key_material()),
+    );
     redact::redact(&mut effective);
     Ok(Loaded {
         settings,

@@ -40,6 +40,12 @@ pub(crate) struct FileConfig {
     /// The Redis for `store: redis` rate limits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) redis: Option<RedisConfig>,
+    /// The etcd cluster for `discovery.etcd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd: Option<EtcdConfig>,
+    /// The Consul agent for `discovery.consul`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) consul: Option<ConsulConfig>,
     /// Identity providers, by name in file order (their order is their id).
     pub(crate) auth: AuthConfig,
     /// Identities for `api_key` and `basic` providers. `None` items did not type.
@@ -61,6 +67,8 @@ impl Default for FileConfig {
             shutdown_grace: Dur::default_of("30s"),
             upstreams: Vec::new(),
             redis: None,
+            etcd: None,
+            consul: None,
             auth: AuthConfig::default(),
             consumers: Vec::new(),
             routes: Vec::new(),
@@ -68,8 +76,7 @@ impl Default for FileConfig {
     }
 }
 
-/// The top-level keys, in the order of the contract. `redis`, `etcd` and `consul` are
-/// recognised but not supported yet.
+/// The top-level keys, in the order of the contract.
 pub(crate) const TOP_LEVEL: &[&str] = &[
     "listeners",
     "limits",
@@ -87,9 +94,6 @@ pub(crate) const TOP_LEVEL: &[&str] = &[
     "consumers",
     "routes",
 ];
-
-/// Top-level sections recognised but not supported yet.
-pub(crate) const UNSUPPORTED_TOP_LEVEL: &[&str] = &["etcd", "consul"];
 
 /// The Redis shared by every weir, for `store: redis` rate limits.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -114,6 +118,79 @@ impl Default for RedisConfig {
             cluster: Vec::new(),
             timeout: Dur::default_of("50ms"),
             ca_file: None,
+        }
+    }
+}
+
+/// The etcd cluster that `discovery.etcd` reads (v3 API).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EtcdConfig {
+    /// Client URLs of the cluster's members, `http://HOST:PORT` or `https://HOST:PORT`, all
+    /// with the same scheme. At least one.
+    pub(crate) endpoints: Vec<String>,
+    /// A user of etcd's own authentication; with `password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) username: Option<String>,
+    /// The password of `username`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) password: Option<String>,
+    /// PEM certificates trusted for `https://` endpoints instead of the system's store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_file: Option<String>,
+    /// A PEM client certificate (then its chain) for clusters that require one; with
+    /// `key_file`. Only with `https://` endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cert_file: Option<String>,
+    /// The PEM private key of `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key_file: Option<String>,
+    /// Connecting to a member, and each request but the watch itself, gives up after this.
+    pub(crate) timeout: Dur,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            timeout: Dur::default_of("5s"),
+        }
+    }
+}
+
+/// The Consul agent that `discovery.consul` asks (HTTP API).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ConsulConfig {
+    /// The agent's HTTP API, `http://HOST[:PORT]` or `https://HOST[:PORT]`.
+    pub(crate) address: String,
+    /// An ACL token with read access to the services, sent as `X-Consul-Token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) token: Option<String>,
+    /// The datacenter to ask about. Default: the agent's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) datacenter: Option<String>,
+    /// PEM certificates trusted for an `https://` address instead of the system's store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_file: Option<String>,
+    /// How long one blocking query waits for a change before the agent answers anyway,
+    /// 1s to 10m.
+    pub(crate) wait: Dur,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:8500".to_owned(),
+            token: None,
+            datacenter: None,
+            ca_file: None,
+            wait: Dur::default_of("55s"),
         }
     }
 }
@@ -320,12 +397,37 @@ pub(crate) struct DiscoveryConfig {
     /// of `srv`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) dns: Option<DnsDiscoveryConfig>,
-    /// etcd discovery: not supported yet.
+    /// etcd: every key under `prefix` is a target, its value `{"url": "...", "weight": N}`.
+    /// Needs the top-level `etcd` section.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) etcd: Unsupported,
-    /// Consul discovery: not supported yet.
+    pub(crate) etcd: Option<EtcdDiscoveryConfig>,
+    /// Consul: the instances of `service` whose health checks pass, from the agent of the
+    /// top-level `consul` section (default `http://127.0.0.1:8500`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) consul: Unsupported,
+    pub(crate) consul: Option<ConsulDiscoveryConfig>,
+}
+
+/// `discovery.etcd`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EtcdDiscoveryConfig {
+    /// The key prefix listed and watched (`/weir/upstreams/users/`; end it with `/` so that
+    /// `/users` does not also match `/users2`). Required.
+    pub(crate) prefix: String,
+}
+
+/// `discovery.consul`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsulDiscoveryConfig {
+    /// The service name as registered in Consul. Required.
+    pub(crate) service: String,
+    /// Only instances with this tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tag: Option<String>,
+    /// This upstream's datacenter, when not `consul.datacenter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) datacenter: Option<String>,
 }
 
 /// `discovery.dns`.

@@ -101,25 +101,75 @@ pub(crate) fn public_key(bytes: &[u8]) -> Result<PublicKey, String> {
 /// The `CERTIFICATE` blocks of a CA bundle, each re-written as a clean PEM block (other
 /// text, such as the comments of a system bundle, is left out). At least one is required.
 pub(crate) fn certificates(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| "this is not a PEM file (a DER certificate must be converted to PEM)")?;
-    let blocks = blocks(text)?;
+    let blocks = blocks(pem_text(bytes)?)?;
     if blocks.iter().any(|b| b.label.contains("PRIVATE KEY")) {
         // Whoever holds the CA's private key can impersonate the identity provider.
         return Err(
             "this file holds a private key; a ca_file holds only the CA's certificates".to_owned(),
         );
     }
+    certificate_blocks(&blocks).ok_or_else(|| {
+        "no -----BEGIN CERTIFICATE----- block; a ca_file holds the PEM certificates of the CAs \
+         that sign the server's certificate"
+            .to_owned()
+    })?
+}
+
+/// A client certificate and the chain after it (`cert_file`), as clean PEM blocks.
+pub(crate) fn client_certificates(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    certificate_blocks(&blocks(pem_text(bytes)?)?).ok_or_else(|| {
+        "no -----BEGIN CERTIFICATE----- block; a cert_file holds the PEM client certificate, \
+         then any intermediate certificates"
+            .to_owned()
+    })?
+}
+
+/// The private key of a client certificate (`key_file`): its one PKCS#8, PKCS#1 (RSA) or
+/// SEC1 (EC) block, as a clean PEM block.
+pub(crate) fn private_key(bytes: &[u8]) -> Result<String, String> {
+    let blocks = blocks(pem_text(bytes)?)?;
+    let Some(key) = blocks.iter().find(|b| b.label.contains("PRIVATE KEY")) else {
+        return Err(
+            "no -----BEGIN PRIVATE KEY----- block (PKCS#8, or RSA/EC PRIVATE KEY)".to_owned(),
+        );
+    };
+    if key.label.contains("ENCRYPTED") {
+        return Err(
+            "the private key is encrypted; give it decrypted (openssl pkcs8 -nocrypt)".to_owned(),
+        );
+    }
+    if base64(&key.body.concat()).is_none() {
+        return Err("the private key is not valid base64".to_owned());
+    }
+    let label = key.label;
+    let body = key.body.join("\n");
+    Ok(format!(
+        "-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
+    ))
+}
+
+fn pem_text(bytes: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(bytes)
+        .map_err(|_| "this is not a PEM file (DER must be converted to PEM)".to_owned())
+}
+
+/// The `CERTIFICATE` blocks, re-written; `None` when there are none, `Some(Err)` when one is
+/// not a DER certificate.
+fn certificate_blocks(blocks: &[Block<'_>]) -> Option<Result<Vec<u8>, String>> {
     let mut pem = String::new();
     for (i, block) in blocks
         .iter()
         .filter(|b| b.label == "CERTIFICATE")
         .enumerate()
     {
-        let der = base64(&block.body.concat())
-            .ok_or_else(|| format!("certificate {} is not valid base64", i + 1))?;
+        let Some(der) = base64(&block.body.concat()) else {
+            return Some(Err(format!("certificate {} is not valid base64", i + 1)));
+        };
         if !matches!(tlv(&der), Some((0x30, _, _))) {
-            return Err(format!("certificate {} is not a DER certificate", i + 1));
+            return Some(Err(format!(
+                "certificate {} is not a DER certificate",
+                i + 1
+            )));
         }
         pem.push_str("-----BEGIN CERTIFICATE-----\n");
         for line in &block.body {
@@ -128,14 +178,7 @@ pub(crate) fn certificates(bytes: &[u8]) -> Result<Vec<u8>, String> {
         }
         pem.push_str("-----END CERTIFICATE-----\n");
     }
-    if pem.is_empty() {
-        return Err(
-            "no -----BEGIN CERTIFICATE----- block; a ca_file holds the PEM certificates of \
-             the CAs that sign the server's certificate"
-                .to_owned(),
-        );
-    }
-    Ok(pem.into_bytes())
+    (!pem.is_empty()).then(|| Ok(pem.into_bytes()))
 }
 
 fn blocks(text: &str) -> Result<Vec<Block<'_>>, String> {

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use serde::de::DeserializeOwned;
 
 use crate::de::{from_node, unknown_key};
-use crate::model::{AuthConfig, FileConfig, ListenerConfig, TOP_LEVEL, UNSUPPORTED_TOP_LEVEL};
+use crate::model::{AuthConfig, FileConfig, ListenerConfig, TOP_LEVEL};
 use crate::node::{KeyPath, Kind, Node};
 use crate::report::Issue;
 
@@ -58,16 +58,18 @@ pub(crate) fn read(root: &Node, issues: &RefCell<Vec<Issue>>) -> FileConfig {
                 set(&mut redis, node, &path, issues);
                 cfg.redis = Some(redis);
             }
+            "etcd" => {
+                let mut etcd = crate::model::EtcdConfig::default();
+                set(&mut etcd, node, &path, issues);
+                cfg.etcd = Some(etcd);
+            }
+            "consul" => {
+                let mut consul = crate::model::ConsulConfig::default();
+                set(&mut consul, node, &path, issues);
+                cfg.consul = Some(consul);
+            }
             "consumers" => cfg.consumers = list(node, &path, issues),
             "routes" => cfg.routes = list(node, &path, issues),
-            _ if UNSUPPORTED_TOP_LEVEL.contains(&key) => push(
-                issues,
-                Issue {
-                    origin: entry.key_origin.clone(),
-                    path,
-                    message: format!("`{key}` is not supported yet"),
-                },
-            ),
             _ => push(
                 issues,
                 Issue {

@@ -13,6 +13,7 @@ use crate::checks::{duration, unsupported};
 use crate::model::{ActiveCheckConfig, UpstreamConfig};
 use crate::node::KeyPath;
 use crate::ratelimit;
+use crate::registries::Registries;
 use crate::report::Report;
 use crate::resilience;
 use crate::settings::at_least_one;
@@ -23,6 +24,7 @@ const MAX_TARGETS: usize = u16::MAX as usize;
 /// One entry per upstream of the file, `None` where it has problems (all reported).
 pub(crate) fn build(
     upstreams: &[(String, Option<UpstreamConfig>)],
+    registries: &Registries,
     r: &mut Report<'_>,
 ) -> Vec<Option<Upstream>> {
     let list = KeyPath::root().key("upstreams");
@@ -34,7 +36,7 @@ pub(crate) fn build(
                 r.at_key(&path, "an upstream needs a non-empty name");
                 return None;
             }
-            upstream(name, cfg.as_ref()?, &path, r)
+            upstream(name, cfg.as_ref()?, registries, &path, r)
         })
         .collect()
 }
@@ -42,6 +44,7 @@ pub(crate) fn build(
 fn upstream(
     name: &str,
     u: &UpstreamConfig,
+    registries: &Registries,
     path: &KeyPath,
     r: &mut Report<'_>,
 ) -> Option<Upstream> {
@@ -54,7 +57,7 @@ fn upstream(
                     "list `targets` or set `discovery`, not both",
                 );
             }
-            crate::discovery::build(d, &path.key("discovery"), r)
+            crate::discovery::build(d, registries, &path.key("discovery"), r)
         }
         None => Some(Discovery::Static),
     };

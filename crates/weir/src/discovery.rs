@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use weir_app::clock;
 use weir_domain::discovery::Discovery;
-use weir_infra::discovery::{Update, watch_dns};
+use weir_infra::discovery::{Update, watch_consul, watch_dns, watch_etcd};
 
 use crate::forward::{Auth, Forward, Shared};
 
@@ -33,14 +33,15 @@ impl Watchers {
     pub fn start(gateway: &Arc<Gw>) -> Self {
         let mut tasks = Vec::new();
         for (id, upstream) in gateway.upstreams.iter().enumerate() {
-            let Discovery::Dns(spec) = &upstream.discovery else {
-                continue;
-            };
             let weak = Arc::downgrade(gateway);
+            let sink = move |update| apply(&weak, id, update);
             let name: Arc<str> = Arc::from(upstream.name.as_str());
-            tasks.push(watch_dns(name, spec.clone(), move |update| {
-                apply(&weak, id, update);
-            }));
+            tasks.push(match &upstream.discovery {
+                Discovery::Static => continue,
+                Discovery::Dns(spec) => watch_dns(name, spec.clone(), sink),
+                Discovery::Etcd(spec) => watch_etcd(name, spec.clone(), sink),
+                Discovery::Consul(spec) => watch_consul(name, spec.clone(), sink),
+            });
         }
         Self { tasks }
     }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use weir_app::{Connector, Gateway};
 use weir_config::Loaded;
 use weir_domain::auth::{Provider, ProviderKind};
-use weir_domain::discovery::{Discovery, DnsDiscovery, DnsQuery};
+use weir_domain::discovery::{ConsulDiscovery, Discovery, DnsDiscovery, DnsQuery};
 use weir_domain::path;
 use weir_domain::retry::RetryPolicy;
 use weir_domain::route::{Fallback, MethodSet, Route, RouteAction};
@@ -100,6 +100,8 @@ fn steps(
             let over = match &u.discovery {
                 Discovery::Static => format!("{} targets", u.static_targets.len()),
                 Discovery::Dns(_) => "the targets DNS reports".to_owned(),
+                Discovery::Etcd(_) => "the targets etcd lists".to_owned(),
+                Discovery::Consul(_) => "the instances Consul reports passing".to_owned(),
             };
             out.push(format!(
                 "load_balance {} over {over}, skipping {}",
@@ -162,6 +164,18 @@ fn describe_dns(d: &DnsDiscovery) -> String {
         "{what}, every {}s or the TTL, via {server}",
         d.refresh.as_secs()
     )
+}
+
+fn describe_consul(c: &ConsulDiscovery) -> String {
+    let mut what = format!("passing instances of {:?}", c.service);
+    if let Some(tag) = &c.tag {
+        let _ = write!(what, " tagged {tag:?}");
+    }
+    if let Some(dc) = c.datacenter.as_ref().or(c.agent.datacenter.as_ref()) {
+        let _ = write!(what, " in datacenter {dc:?}");
+    }
+    let _ = write!(what, ", watched on {}", c.agent.address);
+    what
 }
 
 fn retry_plan(p: &RetryPolicy) -> String {
@@ -295,8 +309,22 @@ pub fn explain(
                     u.name,
                     u.load_balancing.name()
                 );
-                if let Discovery::Dns(d) = &u.discovery {
-                    let _ = writeln!(out, "  targets from DNS: {}", describe_dns(d));
+                match &u.discovery {
+                    Discovery::Static => {}
+                    Discovery::Dns(d) => {
+                        let _ = writeln!(out, "  targets from DNS: {}", describe_dns(d));
+                    }
+                    Discovery::Etcd(e) => {
+                        let _ = writeln!(
+                            out,
+                            "  targets from etcd: the keys under {:?}, watched on {}",
+                            e.prefix,
+                            e.cluster.endpoints.join(", ")
+                        );
+                    }
+                    Discovery::Consul(c) => {
+                        let _ = writeln!(out, "  targets from Consul: {}", describe_consul(c));
+                    }
                 }
                 for t in &u.static_targets {
                     let _ = writeln!(out, "  target {} weight {}", t.url, t.weight);

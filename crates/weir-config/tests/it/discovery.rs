@@ -139,8 +139,9 @@ fn exactly_one_source() {
     assert_eq!(
         problems(&config("    discovery: {}\n")),
         [
-            "weir.yaml:3:16: upstreams.users.discovery: discovery needs one source, such as \
-             dns: { name: users.internal, port: 9000 } or dns: { srv: _http._tcp.users.internal }"
+            "weir.yaml:3:16: upstreams.users.discovery: discovery needs one source: dns: { name: \
+             users.internal, port: 9000 }, etcd: { prefix: /weir/upstreams/users/ } or consul: \
+             { service: users }"
         ]
     );
     let p = problems(&config(
@@ -149,8 +150,6 @@ fn exactly_one_source() {
     assert_eq!(
         p,
         [
-            "weir.yaml:5:7: upstreams.users.discovery.etcd: etcd discovery is not supported yet; \
-             use `dns`, or list `targets`",
             "weir.yaml:5:7: upstreams.users.discovery.etcd: discovery takes exactly one source; \
              `dns` is already given",
         ]
@@ -158,19 +157,177 @@ fn exactly_one_source() {
 }
 
 #[test]
-fn etcd_and_consul_are_recognised_but_not_supported_yet() {
-    for (source, name) in [("etcd", "etcd"), ("consul", "Consul")] {
-        let p = problems(&config(&format!(
-            "    discovery:\n      {source}: {{ x: 1 }}\n"
-        )));
-        assert_eq!(
-            p,
-            [format!(
-                "weir.yaml:4:7: upstreams.users.discovery.{source}: {name} discovery is not \
-                 supported yet; use `dns`, or list `targets`"
-            )]
-        );
-    }
+fn etcd_with_everything() {
+    let l = ok(&format!(
+        "\
+etcd:
+  endpoints: [https://10.0.0.5:2379, 'HTTPS://10.0.0.6:2379/']
+  username: weir
+  password: s3cret
+  ca_file: tests/keys/ca.pem
+  cert_file: tests/keys/ca.pem
+  key_file: tests/keys/test-only-client.key.pem
+  timeout: 2s
+{}",
+        config("    discovery:\n      etcd: { prefix: /weir/upstreams/users/ }\n")
+    ));
+    let Discovery::Etcd(e) = &l.upstreams[0].discovery else {
+        panic!("etcd")
+    };
+    assert_eq!(e.prefix, "/weir/upstreams/users/");
+    let c = &e.cluster;
+    assert_eq!(
+        c.endpoints,
+        ["https://10.0.0.5:2379", "https://10.0.0.6:2379"]
+    );
+    let creds = c.credentials.as_ref().unwrap();
+    assert_eq!(
+        (creds.username.as_str(), creds.password.expose()),
+        ("weir", "s3cret")
+    );
+    assert!(
+        c.ca_pem
+            .as_ref()
+            .unwrap()
+            .starts_with(b"-----BEGIN CERTIFICATE-----")
+    );
+    let id = c.identity.as_ref().unwrap();
+    assert!(
+        id.key_pem
+            .expose()
+            .starts_with("-----BEGIN PRIVATE KEY-----\nMC4CAQAw")
+    );
+    assert_eq!(c.timeout, Duration::from_secs(2));
+    // The password never shows in the effective config, nor in Debug output.
+    assert_eq!(l.effective["etcd"]["password"], "***");
+    assert!(!format!("{:?}", l.upstreams[0].discovery).contains("s3cret"));
+    assert!(!format!("{:?}", l.upstreams[0].discovery).contains("MC4CAQAw"));
+}
+
+#[test]
+fn every_problem_of_the_etcd_section_at_its_place() {
+    let p = problems(&format!(
+        "\
+etcd:
+  endpoints: [http://10.0.0.5:2379, https://10.0.0.6:2379, 'ftp://x', 'http://h:1/v3']
+  username: weir
+  cert_file: tests/keys/ca.pem
+  timeout: 0s
+{}",
+        config("    discovery:\n      etcd: { prefix: /weir/ }\n")
+    ));
+    assert_eq!(
+        p,
+        [
+            "weir.yaml:2:60: etcd.endpoints[2]: \"ftp://x\" is not an http:// or https:// URL \
+             such as http://10.0.0.5:2379",
+            "weir.yaml:2:71: etcd.endpoints[3]: \"http://h:1/v3\" must be scheme://host[:port] \
+             only, without a path",
+            "weir.yaml:3:3: etcd.username: `username` needs `password` too",
+            "weir.yaml:4:3: etcd.cert_file: `cert_file` needs `key_file` too",
+            "weir.yaml:5:12: etcd.timeout: must be longer than 0",
+        ]
+    );
+    let p = problems(&format!(
+        "etcd: {{ endpoints: [http://a:1, https://b:1] }}\n{}",
+        config("    discovery:\n      etcd: { prefix: /weir/ }\n")
+    ));
+    assert_eq!(
+        p,
+        [
+            "weir.yaml:1:20: etcd.endpoints: mix of http:// and https:// endpoints; a cluster is \
+             reached one way, so give them all the same scheme"
+        ]
+    );
+    let p = problems(&format!(
+        "etcd: {{ endpoints: [http://a:1], ca_file: tests/keys/ca.pem }}\n{}",
+        config("    discovery:\n      etcd: { prefix: /weir/ }\n")
+    ));
+    assert_eq!(
+        p,
+        [
+            "weir.yaml:1:34: etcd.ca_file: `ca_file` applies only to https:// endpoints (plain \
+             http:// has no TLS)"
+        ]
+    );
+    // No section at all: said where the section is needed.
+    assert_eq!(
+        problems(&config("    discovery:\n      etcd: { prefix: /weir/ }\n")),
+        [
+            "weir.yaml:4:7: upstreams.users.discovery.etcd: etcd discovery needs the top-level \
+             `etcd` section, such as etcd: { endpoints: [http://10.0.0.5:2379] }"
+        ]
+    );
+}
+
+#[test]
+fn consul_defaults_to_the_local_agent() {
+    let l = ok(&config(
+        "    discovery:\n      consul: { service: users, tag: v2 }\n",
+    ));
+    let Discovery::Consul(c) = &l.upstreams[0].discovery else {
+        panic!("consul")
+    };
+    assert_eq!(
+        (c.service.as_str(), c.tag.as_deref()),
+        ("users", Some("v2"))
+    );
+    assert_eq!(c.datacenter, None);
+    assert_eq!(c.agent.address, "http://127.0.0.1:8500");
+    assert_eq!(c.agent.token, None);
+    assert_eq!(c.agent.wait, Duration::from_secs(55));
+    assert_eq!(
+        l.effective["upstreams"]["users"]["discovery"],
+        json!({ "consul": { "service": "users", "tag": "v2" } })
+    );
+}
+
+#[test]
+fn consul_with_everything_and_its_problems() {
+    let l = ok(&format!(
+        "consul: {{ address: 'https://consul.internal:8501/', token: t0ken, datacenter: dc1, \
+         ca_file: tests/keys/ca.pem, wait: 5m }}\n{}",
+        config("    discovery:\n      consul: { service: users, datacenter: dc2 }\n")
+    ));
+    let Discovery::Consul(c) = &l.upstreams[0].discovery else {
+        panic!("consul")
+    };
+    assert_eq!(c.datacenter.as_deref(), Some("dc2"));
+    let a = &c.agent;
+    assert_eq!(a.address, "https://consul.internal:8501");
+    assert_eq!(a.token.as_ref().unwrap().expose(), "t0ken");
+    assert_eq!(a.datacenter.as_deref(), Some("dc1"));
+    assert!(a.ca_pem.is_some());
+    assert_eq!(a.wait, Duration::from_secs(300));
+    assert_eq!(l.effective["consul"]["token"], "***");
+
+    // An unset `${CONSUL_TOKEN:-}` is no token.
+    let l = ok(&format!(
+        "consul: {{ token: '' }}\n{}",
+        config("    discovery:\n      consul: { service: users }\n")
+    ));
+    let Discovery::Consul(c) = &l.upstreams[0].discovery else {
+        panic!("consul")
+    };
+    assert_eq!(c.agent.token, None);
+
+    let p = problems(&format!(
+        "consul: {{ address: 'consul:8500', datacenter: 'd c', wait: 20m, ca_file: x.pem }}\n{}",
+        config("    discovery:\n      consul: { service: '' }\n")
+    ));
+    assert_eq!(
+        p,
+        [
+            "weir.yaml:1:20: consul.address: \"consul:8500\" is not an http:// or https:// URL \
+             such as http://10.0.0.5:2379",
+            "weir.yaml:1:47: consul.datacenter: the datacenter \"d c\" has ' ', which Consul \
+             names never have",
+            "weir.yaml:1:60: consul.wait: 20m is out of range: 1s to 10m",
+            "weir.yaml:1:74: consul.ca_file: cannot read \"x.pem\": No such file or directory \
+             (os error 2)",
+            "weir.yaml:5:26: upstreams.users.discovery.consul.service: the service cannot be empty",
+        ]
+    );
 }
 
 #[test]

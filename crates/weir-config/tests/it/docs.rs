@@ -20,6 +20,9 @@ observability:
 workers: 0
 shutdown_grace: 30s
 redis: { url: 'rediss://:pw@127.0.0.1:6379/0', timeout: 50ms, ca_file: tests/keys/ca.pem }
+etcd: { endpoints: ['https://10.0.0.5:2379'], username: weir, password: pw, ca_file: tests/keys/ca.pem,
+        cert_file: tests/keys/ca.pem, key_file: tests/keys/test-only-client.key.pem, timeout: 5s }
+consul: { address: 'https://127.0.0.1:8501', token: t, datacenter: dc1, ca_file: tests/keys/ca.pem, wait: 55s }
 auth:
   providers:
     keys: { type: api_key, header: X-Api-Key, query: api_key }
@@ -60,6 +63,10 @@ upstreams:
     discovery: { dns: { name: users.internal, port: 9000, refresh: 30s, server: '127.0.0.1:53' } }
   by-srv:
     discovery: { dns: { srv: _http._tcp.users.internal } }
+  from-etcd:
+    discovery: { etcd: { prefix: /weir/upstreams/users/ } }
+  from-consul:
+    discovery: { consul: { service: users, tag: v2, datacenter: dc2 } }
 routes:
   - name: a
     match: { host: example.com, path: /a, methods: [GET], headers: { X-A: b } }
@@ -96,10 +103,6 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "listeners[].tls",
     "watch",
     "observability.tracing",
-    "etcd",
-    "consul",
-    "upstreams.<name>.discovery.etcd",
-    "upstreams.<name>.discovery.consul",
     "upstreams.<name>.tls",
     "routes[].cache",
     "routes[].grpc",

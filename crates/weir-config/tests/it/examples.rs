@@ -378,3 +378,30 @@ fn resilience_example_builds_what_its_comments_say() {
         "orders-write"
     );
 }
+
+#[test]
+fn registry_discovery_examples() {
+    use weir_domain::discovery::Discovery;
+
+    let l = example("discovery-etcd.yaml");
+    let Discovery::Etcd(e) = &l.upstreams[0].discovery else {
+        panic!("etcd")
+    };
+    assert_eq!(e.prefix, "/weir/upstreams/users/");
+    assert_eq!(e.cluster.endpoints, ["http://127.0.0.1:2379"]);
+    assert_eq!(l.upstreams[0].load_balancing, LoadBalancing::Weighted);
+
+    let l = example("discovery-consul.yaml");
+    let [users, orders] = &l.upstreams[..] else {
+        panic!("two upstreams")
+    };
+    let (Discovery::Consul(u), Discovery::Consul(o)) = (&users.discovery, &orders.discovery) else {
+        panic!("consul")
+    };
+    assert_eq!((u.service.as_str(), u.tag.as_deref()), ("users", None));
+    assert_eq!(o.tag.as_deref(), Some("v2"));
+    assert_eq!(o.datacenter.as_deref(), Some("dc2"));
+    // `${CONSUL_TOKEN:-}` unset: no token.
+    assert_eq!(u.agent.token, None);
+    assert_eq!(u.agent.address, "http://127.0.0.1:8500");
+}

@@ -353,7 +353,7 @@ watch: true
 observability:
   tracing: { otlp_endpoint: 'http://127.0.0.1:4317' }
 redis: { url: 'redis://127.0.0.1' }
-etcd: {}
+etcd: { endpoints: [http://127.0.0.1:2379] }
 consul: {}
 upstreams:
   users:
@@ -376,9 +376,6 @@ routes:
         "weir.yaml:4:5: listeners[0].tls: TLS listeners are not supported yet",
         "weir.yaml:5:8: watch: `watch: true` is not supported yet (reload with SIGHUP or POST /reload)",
         "weir.yaml:7:3: observability.tracing: `tracing` is not supported yet",
-        "weir.yaml:9:1: etcd: `etcd` is not supported yet",
-        "weir.yaml:10:1: consul: `consul` is not supported yet",
-        "weir.yaml:13:18: upstreams.users.discovery.etcd: etcd discovery is not supported yet; use `dns`, or list `targets`",
         "weir.yaml:14:5: upstreams.users.tls: upstream `tls` is not supported yet",
         "weir.yaml:15:15: upstreams.users.protocol: protocol grpc is not supported yet",
         "weir.yaml:21:5: routes[0].cache: `cache` is not supported yet",

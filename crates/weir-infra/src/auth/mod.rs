@@ -18,7 +18,7 @@ mod jwt;
 mod test_server;
 #[cfg(test)]
 pub(crate) mod test_tls;
-mod tls;
+pub(crate) mod tls;
 #[cfg(test)]
 mod tls_tests;
 

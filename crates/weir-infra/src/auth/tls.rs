@@ -9,7 +9,8 @@
 //! handshake per call would cost more than the call.
 //!
 //! This is the identity providers' own TLS client, kept apart from the upstream client on
-//! purpose; general upstream TLS is separate work.
+//! purpose; general upstream TLS is separate work. Consul discovery borrows it for an
+//! `https://` agent (one client, not one per worker: its watcher is a single task).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
-/// A pooling HTTPS client for one identity provider.
+/// A pooling HTTPS client for one identity provider (or one Consul agent).
 pub(crate) type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Idle connections older than this are closed rather than reused (servers commonly close

@@ -17,8 +17,6 @@
 //! them, else they are asked for, and a failure to resolve any of them fails the round.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +79,7 @@ async fn run(spec: DnsDiscovery, sink: impl Fn(Update)) {
             Err(reason) => {
                 failures = failures.saturating_add(1);
                 sink(Update::Failed(reason));
-                retry_delay(failures, spec.refresh, random())
+                retry_delay(failures, spec.refresh, super::random())
             }
         };
         tokio::time::sleep(delay).await;
@@ -277,7 +275,7 @@ fn address_endpoints(ips: &[IpAddr], port: u16) -> Vec<Endpoint> {
     let mut ips = ips.to_vec();
     ips.sort_unstable();
     ips.dedup();
-    normalize(
+    super::merged(
         ips.into_iter()
             .map(|ip| Endpoint::from_socket(SocketAddr::new(ip, port), 1))
             .collect(),
@@ -303,20 +301,7 @@ fn srv_endpoints(records: &[&SrvRecord], addresses: &HashMap<&str, Vec<IpAddr>>)
             ));
         }
     }
-    normalize(out)
-}
-
-/// Sorted by URL, each URL once (the weights of duplicates added).
-fn normalize(mut list: Vec<Endpoint>) -> Vec<Endpoint> {
-    list.sort_by(|a, b| a.url.cmp(&b.url));
-    let mut out: Vec<Endpoint> = Vec::with_capacity(list.len());
-    for e in list {
-        match out.last_mut() {
-            Some(last) if last.url == e.url => last.weight = last.weight.saturating_add(e.weight),
-            _ => out.push(e),
-        }
-    }
-    out
+    super::merged(out)
 }
 
 /// When to resolve again after an answer: after `refresh`, or when the TTL ends if that
@@ -329,24 +314,7 @@ fn next_delay(refresh: Duration, ttl: Option<Duration>) -> Duration {
 /// [`FIRST_RETRY`], doubling, at most `refresh`; each wait is 75% to 100% of that, by
 /// `random`.
 fn retry_delay(failures: u32, refresh: Duration, random: u64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    let ceiling = FIRST_RETRY
-        .saturating_mul(1 << doublings)
-        .min(refresh.max(MIN_DELAY));
-    // 53 random bits: a uniform fraction in [0, 1).
-    let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
-    ceiling.mul_f64(0.75 + 0.25 * fraction)
-}
-
-/// A random number for jitter, from the standard library's randomly keyed hasher.
-fn random() -> u64 {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
+    super::backoff(failures, FIRST_RETRY, refresh.max(MIN_DELAY), 0.75, random)
 }
 
 /// When the error is an answer that there are no such records (NXDOMAIN, or NOERROR with
@@ -526,8 +494,9 @@ mod tests {
         // A refresh of one second is never waited longer than a second.
         assert!(retry_delay(9, Duration::from_secs(1), high) <= Duration::from_secs(1));
         // Jitter spreads the waits.
-        let waits: std::collections::HashSet<Duration> =
-            (0..20).map(|_| retry_delay(1, refresh, random())).collect();
+        let waits: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| retry_delay(1, refresh, crate::discovery::random()))
+            .collect();
         assert!(waits.len() > 10, "{waits:?}");
     }
 

@@ -462,6 +462,41 @@ fn explain_names_the_route_or_the_error() {
     assert!(!out.contains("route: \""), "{out}");
 }
 
+#[test]
+fn explain_names_each_discovery_source() {
+    let dir = TempDir::new("cli");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for (file, path, says) in [
+        (
+            "discovery-etcd.yaml",
+            "/users/1",
+            "targets from etcd: the keys under \"/weir/upstreams/users/\", watched on \
+             http://127.0.0.1:2379",
+        ),
+        (
+            "discovery-consul.yaml",
+            "/orders/1",
+            "targets from Consul: passing instances of \"orders\" tagged \"v2\" in datacenter \
+             \"dc2\", watched on http://127.0.0.1:8500",
+        ),
+        (
+            "discovery-dns.yaml",
+            "/users/1",
+            "targets from DNS: A/AAAA users.internal port 9000",
+        ),
+    ] {
+        let config = examples.join(file);
+        let out = run(
+            &dir,
+            &["explain", "-c", config.to_str().unwrap(), "GET", path],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(0), "{file}: {:?}", text(&out));
+        let stdout = text(&out).0;
+        assert!(stdout.contains(says), "{file}: {stdout}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let backend = Backend::start("slow").await;

@@ -3,12 +3,12 @@
 //! target, a failing server keeps the last-known-good set (stale), an empty answer empties it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::common::discovery::{answering, set, stale_gauge, upstream_json};
 use crate::common::dns::TestDns;
-use crate::common::{Backend, Gateway, assert_problem, backend_of, client, eventually, start};
+use crate::common::{Backend, assert_problem, client, eventually, start};
 
 const SRV: &str = "_http._tcp.be.test";
 const LOCAL: [Ipv4Addr; 1] = [Ipv4Addr::LOCALHOST];
@@ -43,33 +43,6 @@ fn publish(dns: &TestDns, backends: &[&Backend]) {
         .map(|(n, port)| (10, 1, *port, n.as_str()))
         .collect();
     dns.set_srv(SRV, &records, 1);
-}
-
-async fn answering(gw: &Gateway, n: usize) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    for _ in 0..n {
-        let resp = gw.get("/x").await;
-        if resp.status() == 200 {
-            ids.insert(backend_of(resp).await);
-        }
-    }
-    ids
-}
-
-fn set(ids: &[&str]) -> HashSet<String> {
-    ids.iter().map(|s| (*s).to_owned()).collect()
-}
-
-async fn upstream_json(gw: &Gateway) -> serde_json::Value {
-    gw.admin_json("/upstreams").await["upstreams"][0].clone()
-}
-
-async fn stale_gauge(gw: &Gateway) -> Option<String> {
-    gw.metrics()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix("weir_discovery_stale{upstream=\"be\"} "))
-        .map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,13 +132,13 @@ async fn a_failing_server_keeps_the_last_known_good_set_and_marks_it_stale() {
         answering(gw_ref, 10).await == set(&["a", "b"])
     })
     .await;
-    assert_eq!(stale_gauge(&gw).await.as_deref(), Some("0"));
+    assert_eq!(stale_gauge(&gw, "be").await.as_deref(), Some("0"));
 
     dns.set_servfail(SRV);
     eventually(
         "the upstream to turn stale",
         Duration::from_secs(4),
-        || async move { stale_gauge(gw_ref).await.as_deref() == Some("1") },
+        || async move { stale_gauge(gw_ref, "be").await.as_deref() == Some("1") },
     )
     .await;
     assert_eq!(upstream_json(&gw).await["discovery"]["stale"], true);
@@ -181,7 +154,7 @@ async fn a_failing_server_keeps_the_last_known_good_set_and_marks_it_stale() {
         "fresh again with b only",
         Duration::from_secs(4),
         || async move {
-            stale_gauge(gw_ref).await.as_deref() == Some("0")
+            stale_gauge(gw_ref, "be").await.as_deref() == Some("0")
                 && answering(gw_ref, 6).await == set(&["b"])
         },
     )
@@ -211,7 +184,7 @@ async fn an_empty_answer_from_a_working_server_is_honoured() {
     .await;
     assert_problem(gw.get("/x").await, 503, "upstream_unavailable").await;
     assert_eq!(
-        stale_gauge(&gw).await.as_deref(),
+        stale_gauge(&gw, "be").await.as_deref(),
         Some("0"),
         "not stale: it answered"
     );

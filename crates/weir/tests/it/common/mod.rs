@@ -5,7 +5,10 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod backend;
+pub mod consul;
+pub mod discovery;
 pub mod dns;
+pub mod etcd;
 pub mod faults;
 pub mod idp;
 pub mod limits;
@@ -31,6 +34,24 @@ use weir_config::{Loaded, Overrides};
 
 /// Where the admin API listens in tests: port 0, like every listener.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:0";
+
+/// A port of 127.0.0.1 that was free a moment ago, for servers that cannot be told to bind
+/// port 0 and report it (redis-server, etcd, Consul).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A real component a test needs is not installed: under `CI=true` that is a failure (CI
+/// must have installed it), elsewhere the test is skipped, loudly. Returns false.
+pub fn missing_component(msg: &str) -> bool {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and {msg}"
+    );
+    eprintln!("\n*** SKIPPED: {msg} ***\n");
+    false
+}
 
 /// Generous upper bound for anything that should happen "soon".
 pub const DEADLINE: Duration = Duration::from_secs(10);
