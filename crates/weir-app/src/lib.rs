@@ -9,6 +9,8 @@
 
 pub mod access;
 pub mod body;
+pub mod cache;
+pub mod cached;
 pub mod clock;
 pub mod error;
 pub mod forward;

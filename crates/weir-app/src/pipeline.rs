@@ -23,6 +23,9 @@ use weir_domain::upstream::{HashKey, InFlight, Target, Upstream};
 
 use crate::access::{self, Authenticator, RouteAccess};
 use crate::body::{LimitedBody, ReqBody};
+use crate::cache::flights::Flights;
+use crate::cache::{CacheKey, ResponseCache};
+use crate::cached::{self, CacheResult, Flow, Looked, Refresh, Reply, Stored};
 use crate::error::GatewayError;
 use crate::forward::{Connector, Forwarder};
 use crate::headers;
@@ -32,6 +35,9 @@ use crate::tries::{self, Dest, Outgoing, Replay};
 
 /// Marks a response served by a route's `fallback`.
 pub static X_FALLBACK: header::HeaderName = header::HeaderName::from_static("x-fallback");
+
+/// How a route with `cache` served the request: `HIT`, `MISS`, `STALE` or `BYPASS`.
+pub static X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
 
 /// One connection's facts, computed once when it is accepted.
 #[derive(Clone, Debug)]
@@ -91,6 +97,8 @@ pub struct Exchange {
     pub retry_budget_exhausted: bool,
     /// The response came from the route's `fallback`.
     pub fallback: Option<FallbackKind>,
+    /// How a route with `cache` served the request (`X-Cache`).
+    pub cache: Option<CacheResult>,
 }
 
 /// Which kind of `fallback` answered.
@@ -133,6 +141,7 @@ impl Exchange {
             retries: 0,
             retry_budget_exhausted: false,
             fallback: None,
+            cache: None,
         }
     }
 }
@@ -149,11 +158,13 @@ pub enum Outcome<R> {
     Preflight(http::HeaderMap),
     /// The upstream failed and the route's static `fallback` answers (route index).
     Fallback(usize),
+    /// The route's cache answers.
+    Cached(Reply),
 }
 
 /// What a [`Gateway`] is assembled from.
 #[derive(Debug)]
-pub struct Parts<F, A, S> {
+pub struct Parts<F, A, S, C> {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
     /// One forwarder per upstream (same index).
@@ -163,6 +174,8 @@ pub struct Parts<F, A, S> {
     pub authenticator: A,
     /// The store of `store: redis` rate limits.
     pub shared_limiter: S,
+    /// The stores of routes with `cache` (shared by every configuration of the process).
+    pub cache: C,
     pub trusted_proxies: Vec<Cidr>,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
@@ -170,7 +183,7 @@ pub struct Parts<F, A, S> {
 
 /// One config generation's request pipeline: routes, upstreams and their forwarders.
 #[derive(Debug)]
-pub struct Gateway<F: Connector, A, S> {
+pub struct Gateway<F: Connector, A, S, C> {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
     /// One forwarder per upstream (same index).
@@ -183,16 +196,19 @@ pub struct Gateway<F: Connector, A, S> {
     pub providers: Vec<Provider>,
     pub authenticator: A,
     pub shared_limiter: S,
+    pub cache: C,
+    /// Concurrent cache misses, coalesced per key.
+    flights: Flights,
     /// Per route (same index), its access answers prebuilt.
     access: Vec<RouteAccess>,
     /// Per route (same index), its rate limits and their state.
     limits: Vec<RouteLimits>,
 }
 
-impl<F: Connector, A, S> Gateway<F, A, S> {
+impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
     /// Assembles a pipeline. Target authorities were validated by the config layer; one that
     /// still fails to parse is a bug reported here rather than per request.
-    pub fn new(parts: Parts<F, A, S>) -> Result<Self, String> {
+    pub fn new(parts: Parts<F, A, S, C>) -> Result<Self, String> {
         let Parts {
             routes,
             upstreams,
@@ -200,6 +216,7 @@ impl<F: Connector, A, S> Gateway<F, A, S> {
             providers,
             authenticator,
             shared_limiter,
+            cache,
             trusted_proxies,
             max_header_bytes,
             max_body_bytes,
@@ -226,6 +243,8 @@ impl<F: Connector, A, S> Gateway<F, A, S> {
             providers,
             authenticator,
             shared_limiter,
+            cache,
+            flights: Flights::default(),
             access,
             limits,
         })
@@ -244,6 +263,9 @@ impl<F: Connector, A, S> Gateway<F, A, S> {
         }
         if ex.fallback.is_some() {
             headers.insert(&X_FALLBACK, HeaderValue::from_static("true"));
+        }
+        if let Some(result) = ex.cache {
+            headers.insert(&X_CACHE, HeaderValue::from_static(result.label()));
         }
     }
 
@@ -291,7 +313,7 @@ impl RequestHead for Head<'_> {
     }
 }
 
-impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
+impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway<F, A, S, C> {
     /// Takes a request from the edge to an upstream response (or a static one).
     pub async fn handle<B>(
         &self,
@@ -301,6 +323,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
     ) -> Result<Outcome<F::ResBody>, GatewayError>
     where
         F: Forwarder<ReqBody<B>>,
+        F::ResBody: http_body::Body<Data = Bytes> + Unpin,
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -404,6 +427,51 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             RouteAction::Upstream(id) => id.0,
         };
         let upstream = &self.upstreams[upstream_id];
+        let timeout = route.timeout.unwrap_or(upstream.timeouts.request);
+        // The query the upstream sees (and the cache keys on): without an API key that
+        // authenticated the request through it.
+        let stripped = match (
+            credential.and_then(access::credential_param),
+            req.uri().query(),
+        ) {
+            (Some(name), Some(q)) => Some(access::without_param(q, name)),
+            _ => None,
+        };
+        let query = match &stripped {
+            Some(q) => q.as_deref(),
+            None => req.uri().query(),
+        };
+        let mut flow = None;
+        let mut stale_answer = None;
+        if let Some(spec) = &route.cache {
+            ex.cache = Some(CacheResult::Bypass);
+            if cached::eligible(spec, req.method(), req.headers()) {
+                let consumer = ex
+                    .principal
+                    .as_ref()
+                    .filter(|_| spec.per_consumer)
+                    .map(|p| &*p.name);
+                let key = CacheKey::new(
+                    &route.name,
+                    host.as_deref().map_or("", strip_port),
+                    &path,
+                    query,
+                    &spec.vary,
+                    req.headers(),
+                    consumer,
+                );
+                let request = (req.method(), req.uri(), req.headers());
+                match cached::look(&self.cache, &self.flights, spec, key, request, timeout).await {
+                    Looked::Answer(reply) => {
+                        ex.cache = Some(CacheResult::Hit);
+                        return Ok(Outcome::Cached(reply));
+                    }
+                    Looked::Fetch(f) => flow = Some(*f),
+                    Looked::Stale(reply, refresh) => stale_answer = Some((reply, refresh)),
+                    Looked::Bypass => {}
+                }
+            }
+        }
         // Where `consistent_hash` reads its key, before the headers change.
         let hash = upstream
             .hash_key
@@ -425,17 +493,6 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
                 true,
             ),
-        };
-        let stripped = match (
-            credential.and_then(access::credential_param),
-            req.uri().query(),
-        ) {
-            (Some(name), Some(q)) => Some(access::without_param(q, name)),
-            _ => None,
-        };
-        let query = match &stripped {
-            Some(q) => q.as_deref(),
-            None => req.uri().query(),
         };
         let path_and_query = upstream_path_and_query(req.uri(), &upstream_path, query)?;
         // Hop-by-hop and client-claimed identity out; X-Forwarded-*, the request id and the
@@ -471,7 +528,6 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             Some(Fallback::Upstream(id)) => Some(id.0),
             _ => None,
         };
-        let timeout = route.timeout.unwrap_or(upstream.timeouts.request);
         let (head, body) = req.into_parts();
         let replay_wanted = retry.is_some() || fallback_upstream.is_some();
         let body = replay_body(body, &head.headers, replay_wanted, max_body, timeout).await?;
@@ -482,11 +538,53 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             keep_head: fallback_upstream.is_some(),
             max_body,
         };
+        if let Some((mut reply, refresh)) = stale_answer {
+            // Answered stale now; the request goes to the upstream in the background.
+            ex.cache = Some(CacheResult::Stale);
+            reply.refresh = refresh.zip(out.head.as_ref()).map(|(flow, head)| {
+                Box::new(Refresh {
+                    upstream: upstream_id,
+                    head: copy_head(head),
+                    path_and_query: out.path_and_query.clone(),
+                    hash,
+                    timeout,
+                    flow,
+                })
+            });
+            return Ok(Outcome::Cached(reply));
+        }
         let primary = self.dest(upstream_id);
         let failed = match tries::send(&primary, &mut out, hash, timeout, retry, ex).await {
-            Ok((resp, in_flight)) => return Ok(Outcome::Proxied(resp, in_flight)),
+            Ok((resp, in_flight)) => {
+                let Some(f) = flow else {
+                    return Ok(Outcome::Proxied(resp, in_flight));
+                };
+                return match f.store(&self.cache, resp, timeout).await {
+                    Stored::Reply(reply, result) => {
+                        ex.cache = Some(result);
+                        Ok(Outcome::Cached(*reply))
+                    }
+                    Stored::Pass(resp) => {
+                        ex.cache = Some(CacheResult::Miss);
+                        Ok(Outcome::Proxied(resp, in_flight))
+                    }
+                    Stored::Failed(e) => Err(e),
+                };
+            }
             Err(e) => e,
         };
+        // Stale beats the fallback: it is this route's own answer, only older.
+        if matches!(
+            failed.kind,
+            ErrorKind::UpstreamUnavailable | ErrorKind::BadGateway | ErrorKind::GatewayTimeout
+        ) && let Some(reply) = flow.as_ref().and_then(Flow::stale_for_error)
+        {
+            ex.cache = Some(CacheResult::Stale);
+            return Ok(Outcome::Cached(reply));
+        }
+        if flow.is_some() {
+            ex.cache = Some(CacheResult::Miss);
+        }
         // The fallback answers only what weir itself would have answered for the upstream.
         if !matches!(
             failed.kind,
@@ -528,6 +626,33 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
         }
     }
 
+    /// Runs the background refresh of a stale answer: the request as it would have been
+    /// forwarded, its response stored when it may be. A failure leaves the stale entry in
+    /// place (and the next stale answer tries again). `B` is the client body type the
+    /// forwarder speaks; a refresh sends no body.
+    pub async fn revalidate<B>(&self, r: Box<Refresh>)
+    where
+        F: Forwarder<ReqBody<B>>,
+        F::ResBody: http_body::Body<Data = Bytes> + Unpin,
+    {
+        let r = *r;
+        let mut out: Outgoing<B> = Outgoing {
+            head: Some(r.head),
+            path_and_query: r.path_and_query,
+            body: Replay::Empty,
+            keep_head: false,
+            max_body: 0,
+        };
+        let mut ex = Exchange::new(crate::request_id::generate(), IpAddr::from([0, 0, 0, 0]));
+        let dest = self.dest(r.upstream);
+        let retry = dest.upstream.retry.as_ref();
+        if let Ok((resp, _in_flight)) =
+            tries::send(&dest, &mut out, r.hash, r.timeout, retry, &mut ex).await
+        {
+            let _ = r.flow.store(&self.cache, resp, r.timeout).await;
+        }
+    }
+
     fn dest(&self, id: usize) -> Dest<'_, F> {
         Dest {
             id,
@@ -547,6 +672,16 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter> Gateway<F, A, S> {
             _ => Ok(()),
         }
     }
+}
+
+/// A copy of a request head, for a background request (extensions are not copied).
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
 }
 
 fn check_header_size(headers: &http::HeaderMap, max: usize) -> Result<(), GatewayError> {

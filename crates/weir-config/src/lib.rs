@@ -19,6 +19,7 @@ use weir_domain::upstream::Upstream;
 
 mod access;
 mod auth;
+mod cache;
 mod checks;
 mod de;
 mod discovery;
@@ -211,6 +212,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+    /// The bound of the memory shared by `store: memory` caches.
+    pub max_cache_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -265,6 +265,9 @@ pub(crate) struct LimitsConfig {
     pub(crate) idle_timeout: Dur,
     /// Concurrent streams per HTTP/2 connection.
     pub(crate) http2_max_concurrent_streams: u32,
+    /// Memory for the responses of `store: memory` caches, all routes together; the least
+    /// used go first.
+    pub(crate) max_cache_bytes: Size,
 }
 
 impl Default for LimitsConfig {
@@ -276,6 +279,7 @@ impl Default for LimitsConfig {
             header_read_timeout: Dur::default_of("10s"),
             idle_timeout: Dur::default_of("60s"),
             http2_max_concurrent_streams: 200,
+            max_cache_bytes: Size::default_of("64MiB"),
         }
     }
 }
@@ -949,9 +953,9 @@ pub(crate) struct RouteConfig {
     /// Rate limits: every policy must admit the request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) rate_limit: Vec<RateLimitConfig>,
-    /// Response caching: not supported yet.
+    /// Response caching: responses kept and served again, in memory or in Redis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) cache: Unsupported,
+    pub(crate) cache: Option<CacheConfig>,
     /// Cross-origin requests from browsers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cors: Option<CorsConfig>,
@@ -965,6 +969,42 @@ pub(crate) struct RouteConfig {
     /// REST to gRPC transcoding: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) grpc: Unsupported,
+}
+
+/// `routes[].cache`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct CacheConfig {
+    /// How long a response stays fresh when the upstream says nothing (no `max-age`,
+    /// `s-maxage` or `Expires`).
+    pub(crate) ttl: Dur,
+    /// `memory` (this process) or `redis` (the top-level `redis`, shared by every weir).
+    pub(crate) store: String,
+    /// Request headers whose values are part of the key.
+    pub(crate) vary: Vec<String>,
+    /// After freshness ends, serve the stored response this long while one request
+    /// refreshes it in the background.
+    pub(crate) stale_while_revalidate: Dur,
+    /// After freshness ends, serve the stored response this long when the upstream fails.
+    pub(crate) stale_if_error: Dur,
+    /// Responses with larger bodies stream through and are not stored.
+    pub(crate) max_body: Size,
+    /// Cache requests that carry credentials too, keyed by the consumer. Needs `auth`.
+    pub(crate) per_consumer: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Dur::default_of("60s"),
+            store: "memory".to_owned(),
+            vary: Vec::new(),
+            stale_while_revalidate: Dur::default_of("0s"),
+            stale_if_error: Dur::default_of("0s"),
+            max_body: Size::default_of("1MiB"),
+            per_consumer: false,
+        }
+    }
 }
 
 pub(crate) const DEFAULT_MAX_KEYS: u64 = 65_536;

@@ -170,6 +170,16 @@ pub(crate) fn check_stores(cfg: &FileConfig, r: &mut Report<'_>) {
         c.as_ref()
             .map(|c| (root.key("upstreams").key(name), &c.rate_limit))
     });
+    for (i, c) in cfg.routes.iter().enumerate() {
+        if let Some(cache) = c.as_ref().and_then(|c| c.cache.as_ref())
+            && cache.store.trim() == "redis"
+        {
+            r.at(
+                &root.key("routes").index(i).key("cache").key("store"),
+                "store: redis needs the top-level `redis` section (url or cluster)",
+            );
+        }
+    }
     for (at, list) in routes.chain(upstreams) {
         for (i, p) in list.iter().enumerate() {
             if p.store() == "redis" {

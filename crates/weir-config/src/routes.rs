@@ -98,9 +98,7 @@ fn route_of(
     r: &mut Report<'_>,
 ) -> Option<Route> {
     let before = r.issues.len();
-    for (key, value) in [("cache", &cfg.cache), ("grpc", &cfg.grpc)] {
-        unsupported(r, &path.key(key), value, &not_yet(key));
-    }
+    unsupported(r, &path.key("grpc"), &cfg.grpc, &not_yet("grpc"));
     let matcher = matcher(&cfg.matcher, &path.key("match"), r);
     let action = action(cfg, path, upstream_names, r);
     let timeout = match &cfg.timeout {
@@ -118,6 +116,10 @@ fn route_of(
     let access = access::build(cfg, path, provider_names, r);
     let rate_limits = ratelimit::build(&cfg.rate_limit, &path.key("rate_limit"), r);
     let fallback = resilience::fallback(cfg, path, upstream_names, r);
+    let cache = match &cfg.cache {
+        Some(c) => crate::cache::build(c, cfg, &path.key("cache"), r).map(|c| Some(Arc::new(c))),
+        None => Some(None),
+    };
     if r.issues.len() != before {
         return None;
     }
@@ -133,6 +135,7 @@ fn route_of(
         access: access?,
         rate_limits: rate_limits?,
         fallback: fallback?,
+        cache: cache?,
     })
 }
 

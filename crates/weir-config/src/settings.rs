@@ -169,9 +169,11 @@ fn limits(l: &LimitsConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Limits
         &path.key("http2_max_concurrent_streams"),
         u64::from(l.http2_max_concurrent_streams),
     );
+    let max_cache_bytes = size(r, &path.key("max_cache_bytes"), &l.max_cache_bytes);
     max_connections?;
     streams?;
     Some(Limits {
+        max_cache_bytes: max_cache_bytes?,
         max_header_bytes: max_header_bytes?,
         max_body_bytes: max_body_bytes?,
         max_connections: l.max_connections,

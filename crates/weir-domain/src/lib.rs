@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod balance;
 pub mod breaker;
+pub mod cache;
 pub mod clock;
 pub mod discovery;
 pub mod error;

@@ -459,6 +459,10 @@ pub struct Route {
     /// `rate_limit`: every policy must admit the request.
     pub rate_limits: Vec<crate::ratelimit::RateLimitPolicy>,
     pub fallback: Option<Fallback>,
+    /// `cache`: responses kept and served again; `None` when off.
+    /// Shared, so a request on its way to the upstream (or a background refresh) holds it
+    /// without a copy.
+    pub cache: Option<std::sync::Arc<crate::cache::CacheSpec>>,
 }
 
 /// A route's edge policies, in the order they run: IP lists, CORS, authentication.

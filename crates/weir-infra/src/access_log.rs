@@ -33,6 +33,8 @@ pub struct Record {
     pub retries: u32,
     /// `static` or `upstream` when the route's fallback answered.
     pub fallback: Option<&'static str>,
+    /// `HIT`, `MISS`, `STALE` or `BYPASS` on a route with `cache`.
+    pub cache: Option<&'static str>,
     pub duration: Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -145,6 +147,12 @@ pub fn format_line(out: &mut String, r: &Record) {
         }
         None => out.push_str(",\"fallback\":null"),
     }
+    match r.cache {
+        Some(result) => {
+            let _ = write!(out, ",\"cache\":\"{result}\"");
+        }
+        None => out.push_str(",\"cache\":null"),
+    }
     let _ = write!(
         out,
         ",\"duration_ms\":{:.3},\"bytes_in\":{},\"bytes_out\":{},\"user_agent\":",
@@ -217,6 +225,7 @@ mod tests {
             status: 200,
             retries: 2,
             fallback: Some("static"),
+            cache: Some("HIT"),
             duration: Duration::from_micros(1500),
             bytes_in: 0,
             bytes_out: 10,
@@ -231,7 +240,9 @@ mod tests {
         assert!(s.contains("\"path\":\"/a\\\"b\\u000a\""), "{s}");
         assert!(s.contains("\"upstream\":null"));
         assert!(s.contains("\"duration_ms\":1.500"));
-        assert!(s.contains("\"status\":200,\"retries\":2,\"fallback\":\"static\","));
+        assert!(
+            s.contains("\"status\":200,\"retries\":2,\"fallback\":\"static\",\"cache\":\"HIT\",")
+        );
         assert!(s.ends_with("}\n"));
     }
 }

@@ -153,6 +153,8 @@ pub struct RouteMetrics {
     pub rate_store_errors: AtomicU64,
     /// `weir_fallbacks_total`, by kind (static, upstream).
     pub fallbacks: [AtomicU64; 2],
+    /// `weir_cache_requests_total`, by result (hit, miss, stale, bypass).
+    pub cache: [AtomicU64; 4],
 }
 
 /// Per-target metrics.
@@ -281,6 +283,24 @@ pub fn render_routes<'a>(
             let n = read(m);
             if n > 0 {
                 let _ = writeln!(out, "{metric}{{route=\"{}\"}} {n}", label(name));
+            }
+        }
+    }
+    family(
+        out,
+        "weir_cache_requests_total",
+        "counter",
+        "Requests to routes with a cache, by route and result (hit, miss, stale, bypass).",
+    );
+    for (name, m) in routes.clone() {
+        for (result, n) in ["hit", "miss", "stale", "bypass"].iter().zip(&m.cache) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "weir_cache_requests_total{{route=\"{}\",result=\"{result}\"}} {n}",
+                    label(name)
+                );
             }
         }
     }

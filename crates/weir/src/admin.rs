@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use weir_domain::route::{PathPattern, RouteAction};
 use weir_infra::metrics::{family, label, render_routes};
@@ -28,6 +28,7 @@ pub fn router(shared: &Arc<Shared>, token: Option<String>) -> Router {
         .route("/config", get(config))
         .route("/routes", get(routes))
         .route("/upstreams", get(upstreams))
+        .route("/cache/purge", post(purge))
         .with_state(Arc::clone(shared));
     match token {
         Some(t) => app.layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
@@ -62,6 +63,98 @@ async fn require_token(State(token): State<Arc<String>>, req: Request, next: Nex
     );
     resp.headers_mut().insert("x-request-id", request_id);
     resp
+}
+
+/// A problem+json answer of the admin API.
+fn problem(status: StatusCode, code: &str, detail: &str, extra: Option<(&str, Value)>) -> Response {
+    let request_id = weir_app::request_id::generate();
+    let mut body = json!({
+        "type": format!("https://weir.dev/errors/{code}"),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+        "request_id": String::from_utf8_lossy(request_id.as_bytes()),
+    });
+    if let (Some((k, v)), Some(map)) = (extra, body.as_object_mut()) {
+        map.insert(k.to_owned(), v);
+    }
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp.headers_mut().insert("x-request-id", request_id);
+    resp
+}
+
+/// `POST /cache/purge` with `{"route": NAME}` or `{"prefix": "/path"}`: removes the matching
+/// entries from the memory store and from Redis.
+async fn purge(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let bad = |detail: &str| problem(StatusCode::BAD_REQUEST, "bad_request", detail, None);
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
+        return bad("the body must be a JSON object: {\"route\": NAME} or {\"prefix\": \"/path\"}");
+    };
+    let route = map.get("route").and_then(Value::as_str);
+    let prefix = map.get("prefix").and_then(Value::as_str);
+    if map.len() != 1 || route.is_none() == prefix.is_none() {
+        return bad("give exactly one of \"route\" (a route name) and \"prefix\" (a path prefix)");
+    }
+    let snap = shared.snapshot.load_full();
+    let what = match (route, prefix) {
+        (Some(r), _) => {
+            if !snap.route_names.iter().any(|n| &**n == r) {
+                return bad(&format!("no route is named {r:?}"));
+            }
+            weir_infra::cache::Purge::Route(r.to_owned())
+        }
+        (_, Some(p)) if p.starts_with('/') => weir_infra::cache::Purge::Prefix(p.to_owned()),
+        _ => return bad("a prefix is a path: it starts with /"),
+    };
+    let purged = snap.gateway.cache.purge(&what).await;
+    match purged.redis {
+        Some(Err(e)) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cache_store_unavailable",
+            &format!(
+                "purged {} entries from memory, but Redis could not be purged: {e}",
+                purged.memory
+            ),
+            Some(("purged", json!(purged.memory))),
+        ),
+        Some(Ok(n)) => axum::Json(json!({"purged": purged.memory + n})).into_response(),
+        None => axum::Json(json!({"purged": purged.memory})).into_response(),
+    }
+}
+
+fn render_cache(
+    out: &mut String,
+    stores: &weir_infra::cache::CacheStores<Arc<weir_app::cache::Entry>>,
+) {
+    let memory = stores.memory();
+    family(
+        out,
+        "weir_cache_memory_bytes",
+        "gauge",
+        "Bytes held by the memory cache store (its bound is limits.max_cache_bytes).",
+    );
+    let _ = writeln!(out, "weir_cache_memory_bytes {}", memory.bytes());
+    family(
+        out,
+        "weir_cache_memory_entries",
+        "gauge",
+        "Responses held by the memory cache store.",
+    );
+    let _ = writeln!(out, "weir_cache_memory_entries {}", memory.entries());
+    if let Some(up) = stores.redis_healthy() {
+        family(
+            out,
+            "weir_cache_redis_up",
+            "gauge",
+            "1 while the Redis cache store answers; 0 while cached routes bypass it.",
+        );
+        let _ = writeln!(out, "weir_cache_redis_up {}", u8::from(up));
+    }
 }
 
 /// Compares without an early exit, so response timing does not reveal a token's prefix.
@@ -150,6 +243,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .chain(std::iter::once(("", &snap.unmatched_metrics)));
     render_routes(&mut out, routes);
     crate::upstream_view::render_metrics(&mut out, &snap);
+    render_cache(&mut out, &snap.gateway.cache.0);
     family(
         &mut out,
         "weir_connections_active",

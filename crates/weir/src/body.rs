@@ -201,6 +201,9 @@ impl Finish {
         if self.exchange.rate_overflow {
             route_metrics.rate_overflow.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(result) = self.exchange.cache {
+            route_metrics.cache[result as usize].fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(kind) = self.exchange.fallback {
             route_metrics.fallbacks[kind as usize].fetch_add(1, Ordering::Relaxed);
         }
@@ -238,6 +241,10 @@ impl Finish {
                 status: self.status,
                 retries: self.exchange.retries,
                 fallback: self.exchange.fallback.map(FallbackKind::label),
+                cache: self
+                    .exchange
+                    .cache
+                    .map(weir_app::cached::CacheResult::label),
                 duration: elapsed,
                 bytes_in: log.bytes_in.load(Ordering::Relaxed),
                 bytes_out,

@@ -8,9 +8,10 @@ use weir_app::clock;
 use weir_domain::discovery::Discovery;
 use weir_infra::discovery::{Update, watch_consul, watch_dns, watch_etcd};
 
+use crate::cache::Caches;
 use crate::forward::{Auth, Forward, Shared};
 
-type Gw = weir_app::Gateway<Forward, Auth, Shared>;
+type Gw = weir_app::Gateway<Forward, Auth, Shared, Arc<Caches>>;
 
 /// Running watchers; dropping this stops them (a reload or shutdown).
 #[derive(Debug, Default)]

@@ -14,7 +14,10 @@ use weir_domain::upstream::Upstream;
 
 /// The policies a route runs, in order, as `GET /routes` and `explain` print them.
 #[must_use]
-pub fn pipeline_steps<F: Connector, A, S>(gw: &Gateway<F, A, S>, route: &Route) -> Vec<String> {
+pub fn pipeline_steps<F: Connector, A, S, C>(
+    gw: &Gateway<F, A, S, C>,
+    route: &Route,
+) -> Vec<String> {
     steps(&gw.upstreams, &gw.providers, gw.max_body_bytes, route)
 }
 
@@ -75,6 +78,23 @@ fn steps(
         "body_limit {} bytes",
         route.max_body_bytes.unwrap_or(default_max_body)
     ));
+    if let Some(c) = &route.cache {
+        out.push(format!(
+            "cache in {} (GET/HEAD; key: host, path, sorted query{}{}), ttl {}ms when the upstream gives none, \
+             stale {}ms while revalidating and {}ms on errors, bodies up to {} bytes",
+            c.store.name(),
+            if c.vary.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", c.vary.join(", "))
+            },
+            if c.per_consumer { ", consumer" } else { "" },
+            c.ttl.as_millis(),
+            c.stale_while_revalidate.as_millis(),
+            c.stale_if_error.as_millis(),
+            c.max_body
+        ));
+    }
     match &route.action {
         RouteAction::Respond(s) => out.push(format!("respond {}", s.status)),
         RouteAction::Upstream(id) => {

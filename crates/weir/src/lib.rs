@@ -8,6 +8,7 @@
 pub mod activity;
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod discovery;
 pub mod explain;

@@ -73,6 +73,19 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
         }
         Ok(Outcome::Respond(i)) => reply(snapshot.replies[i].as_ref()),
         Ok(Outcome::Fallback(i)) => reply(snapshot.fallbacks[i].as_ref()),
+        Ok(Outcome::Cached(mut cached)) => {
+            if let Some(refresh) = cached.refresh.take() {
+                let gateway = Arc::clone(&snapshot.gateway);
+                tokio::spawn(async move {
+                    gateway.revalidate::<CountingBody<Incoming>>(refresh).await;
+                });
+            }
+            let (status, headers) = cached.head(weir_app::cache::unix_ms());
+            let mut resp = Response::new(Body::full(cached.body()));
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            resp
+        }
         Ok(Outcome::Preflight(headers)) => {
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;

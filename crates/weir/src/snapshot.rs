@@ -17,6 +17,7 @@ use weir_infra::client::UpstreamClient;
 use weir_infra::health::Checks;
 use weir_infra::metrics::{RouteMetrics, UpstreamMetrics};
 
+use crate::cache::Caches;
 use crate::forward::{Auth, Forward, Shared};
 
 /// A `respond:` answer, built once.
@@ -30,7 +31,7 @@ pub struct StaticReply {
 #[derive(Debug)]
 pub struct Snapshot {
     /// Shared with the discovery watchers, which swap upstreams' targets.
-    pub gateway: Arc<Gateway<Forward, Auth, Shared>>,
+    pub gateway: Arc<Gateway<Forward, Auth, Shared, Arc<Caches>>>,
     pub settings: Settings,
     pub route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route (`route=""`).
@@ -58,6 +59,7 @@ impl Snapshot {
         loaded: Loaded,
         access_log: Option<AccessLog>,
         workers: usize,
+        caches: Arc<Caches>,
     ) -> Result<Self, String> {
         let Loaded {
             settings,
@@ -114,16 +116,7 @@ impl Snapshot {
             settings
                 .redis
                 .as_ref()
-                .map(|r| {
-                    weir_infra::ratelimit::RedisLimiter::new(
-                        &weir_infra::ratelimit::RedisSettings {
-                            urls: r.urls.iter().map(|u| u.expose().to_owned()).collect(),
-                            cluster: r.cluster,
-                            timeout: r.timeout,
-                            ca_pem: r.ca_pem.clone(),
-                        },
-                    )
-                })
+                .map(|r| weir_infra::ratelimit::RedisLimiter::new(&redis_settings(r)))
                 .transpose()?,
         );
         let gateway = Arc::new(Gateway::new(Parts {
@@ -133,6 +126,7 @@ impl Snapshot {
             providers: auth.providers,
             authenticator,
             shared_limiter,
+            cache: caches,
             trusted_proxies: settings.trusted_proxies.clone(),
             max_header_bytes: settings.limits.max_header_bytes,
             max_body_bytes: settings.limits.max_body_bytes,
@@ -163,6 +157,16 @@ impl Snapshot {
             checks,
             watchers,
         })
+    }
+}
+
+/// The Redis client settings of the top-level `redis` section.
+pub fn redis_settings(r: &weir_config::RedisSettings) -> weir_infra::ratelimit::RedisSettings {
+    weir_infra::ratelimit::RedisSettings {
+        urls: r.urls.iter().map(|u| u.expose().to_owned()).collect(),
+        cluster: r.cluster,
+        timeout: r.timeout,
+        ca_pem: r.ca_pem.clone(),
     }
 }
 

@@ -71,7 +71,14 @@ pub async fn start_on(
         None
     };
     let worker_count = workers.len().max(1);
-    let snapshot = Snapshot::build(loaded, access_log, worker_count).map_err(StartError::Build)?;
+    // The cache stores outlive configuration generations: a reload keeps what is cached.
+    let redis = settings.redis.as_ref().map(crate::snapshot::redis_settings);
+    let caches =
+        weir_infra::cache::CacheStores::new(settings.limits.max_cache_bytes, redis.as_ref())
+            .map_err(StartError::Build)?;
+    let caches = Arc::new(crate::cache::Caches(caches));
+    let snapshot =
+        Snapshot::build(loaded, access_log, worker_count, caches).map_err(StartError::Build)?;
     let shared = Arc::new(Shared::new(snapshot));
 
     // Bind everything before serving anything: a half-started gateway is worse than none.

@@ -10,7 +10,7 @@ use serde_json::Value;
 /// defaults filled in for the rest).
 const EVERY_KEY: &str = "\
 listeners: [{ name: a, address: '0.0.0.0:8080', http2: true }]
-limits: { max_header_bytes: 32KiB }
+limits: { max_header_bytes: 32KiB, max_cache_bytes: 64MiB }
 watch: false
 trusted_proxies: [10.0.0.0/8]
 admin: { listen: '127.0.0.1:9901', token: t }
@@ -82,6 +82,8 @@ routes:
     transform:
       request:
         path: { strip_prefix: /a, add_prefix: /b, rewrite: { regex: x, to: y } }
+    cache: { ttl: 30s, store: memory, vary: [Accept], stale_while_revalidate: 10s, stale_if_error: 5m,
+             max_body: 1MiB, per_consumer: true }
   - name: b
     match: { prefix: /b }
     respond: { status: 200, headers: { X-A: b }, body: '' }
@@ -104,7 +106,6 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "watch",
     "observability.tracing",
     "upstreams.<name>.tls",
-    "routes[].cache",
     "routes[].grpc",
     "routes[].transform.request.headers",
     "routes[].transform.request.query",

@@ -405,3 +405,22 @@ fn registry_discovery_examples() {
     assert_eq!(u.agent.token, None);
     assert_eq!(u.agent.address, "http://127.0.0.1:8500");
 }
+
+#[test]
+fn cache_example() {
+    use weir_domain::cache::CacheStore;
+
+    let l = example("cache.yaml");
+    assert_eq!(l.settings.limits.max_cache_bytes, 128 * 1024 * 1024);
+    let routes = l.routes.routes();
+    let catalog = routes.iter().find(|r| r.name == "catalog").unwrap();
+    let c = catalog.cache.as_ref().unwrap();
+    assert_eq!(
+        (c.store, c.vary.as_slice()),
+        (CacheStore::Memory, &["accept".to_owned()][..])
+    );
+    assert_eq!(c.stale_if_error.as_secs(), 300);
+    let prices = routes.iter().find(|r| r.name == "prices").unwrap();
+    let p = prices.cache.as_ref().unwrap();
+    assert_eq!((p.store, p.max_body), (CacheStore::Redis, 256 * 1024));
+}

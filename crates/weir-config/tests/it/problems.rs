@@ -378,7 +378,6 @@ routes:
         "weir.yaml:7:3: observability.tracing: `tracing` is not supported yet",
         "weir.yaml:14:5: upstreams.users.tls: upstream `tls` is not supported yet",
         "weir.yaml:15:15: upstreams.users.protocol: protocol grpc is not supported yet",
-        "weir.yaml:21:5: routes[0].cache: `cache` is not supported yet",
         "weir.yaml:22:5: routes[0].grpc: `grpc` is not supported yet",
         "weir.yaml:24:18: routes[0].transform.request.headers: request `headers` transforms are not supported yet",
         "weir.yaml:24:31: routes[0].transform.request.query: request `query` transforms are not supported yet",

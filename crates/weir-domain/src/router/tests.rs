@@ -102,6 +102,7 @@ fn table(specs: Vec<R>) -> RouteTable {
             access: crate::route::Access::default(),
             rate_limits: Vec::new(),
             fallback: None,
+            cache: None,
         })
         .collect();
     RouteTable::build(routes).unwrap()
@@ -270,6 +271,7 @@ fn conflicts_are_reported() {
                 access: crate::route::Access::default(),
                 rate_limits: Vec::new(),
                 fallback: None,
+                cache: None,
             })
             .collect();
         RouteTable::build(routes)

@@ -2,8 +2,8 @@
 //! time, JWKS and introspection endpoints served by in-process rustls servers, and the
 //! failures (unknown CA, wrong host) that must fail closed and say why in the log.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use crate::test_logs::Logs;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
@@ -83,45 +83,6 @@ fn name_of(v: Verdict) -> String {
     match v {
         Verdict::Accepted(p) => p.name.to_string(),
         Verdict::Rejected(f) => panic!("rejected: {f:?}"),
-    }
-}
-
-/// Log lines written while the guard lives, on this thread (the tests run on a
-/// current-thread runtime, so every task's log lands here).
-struct Logs {
-    lines: Arc<Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-impl Logs {
-    fn capture() -> Self {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || Sink(Arc::clone(&sink)))
-            .finish();
-        Self {
-            lines,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.lines.lock().unwrap().clone()).unwrap()
-    }
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

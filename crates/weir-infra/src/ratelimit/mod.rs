@@ -23,35 +23,18 @@
 mod redis;
 mod script;
 #[cfg(test)]
-mod test_redis;
+pub(crate) mod test_redis;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
-use std::time::Duration;
 
 pub use self::redis::RedisLimiter;
+pub use crate::redis_conn::{RECONNECT_EVERY, RedisSettings};
 
 /// Largest `tolerance` (and interval) a check may have, in nanoseconds: 2^52, about 52 days.
 /// The script's arithmetic is exact below it; [`RedisLimiter::decide`] refuses checks above.
 pub const MAX_TOLERANCE_NS: u64 = 1 << 52;
-
-/// While Redis is down, how often a decision may try to connect again.
-pub const RECONNECT_EVERY: Duration = Duration::from_millis(100);
-
-/// Where the Redis store lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RedisSettings {
-    /// `redis://[:password@]host:port[/db]` or `rediss://...` (TLS). One URL for a single
-    /// server; with `cluster`, the seed nodes.
-    pub urls: Vec<String>,
-    pub cluster: bool,
-    /// Bound on one decision, connecting included.
-    pub timeout: Duration,
-    /// PEM certificates trusted for `rediss://` instead of the system's trust store (only
-    /// these roots, so a private CA's Redis is not also vouched for by public CAs).
-    pub ca_pem: Option<Vec<u8>>,
-}
 
 /// One limit of one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
