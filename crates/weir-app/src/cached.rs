@@ -122,6 +122,38 @@ pub(crate) struct Flow {
     directives: HeaderMap,
 }
 
+/// Keeps, of a request whose response may be stored for others, only the headers its key
+/// holds (and the few that say how it is fetched, not what it is): `Host`, the route's
+/// `vary` headers, `Cache-Control` and `Pragma`, `X-Forwarded-Proto` (kept only from
+/// trusted proxies, later), and `Authorization` when the consumer is in the key.
+pub(crate) fn keep_keyed(spec: &CacheSpec, headers: &mut HeaderMap) {
+    let mut kept = HeaderMap::with_capacity(spec.vary.len() + 4);
+    let mut keep = |name: &str| {
+        for v in headers.get_all(name) {
+            if let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) {
+                kept.append(n, v.clone());
+            }
+        }
+    };
+    for name in ["host", "cache-control", "pragma", "x-forwarded-proto"] {
+        keep(name);
+    }
+    if spec.per_consumer {
+        keep("authorization");
+    }
+    for name in &spec.vary {
+        keep(name);
+    }
+    *headers = kept;
+}
+
+/// `X-Forwarded-For` of a request whose response may be stored: the client's address alone.
+pub(crate) fn set_client_ip(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    if let Ok(v) = http::HeaderValue::from_str(&ip.to_string()) {
+        headers.insert(&crate::headers::X_FORWARDED_FOR, v);
+    }
+}
+
 /// Whether a request can use the cache at all, before its key is built.
 #[must_use]
 pub(crate) fn eligible(spec: &CacheSpec, method: &Method, headers: &HeaderMap) -> bool {

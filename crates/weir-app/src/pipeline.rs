@@ -499,15 +499,29 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         // proven identity in (after, so a client cannot name them in `Connection` to strip
         // them).
         let upgrade = headers::is_upgrade(req.headers());
+        // A response that may be stored for others is asked for with only what its key
+        // holds: no header outside the key can shape what other clients get.
+        let stored_for_others = route
+            .cache
+            .as_deref()
+            .filter(|_| flow.is_some() || stale_answer.as_ref().is_some_and(|(_, r)| r.is_some()));
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h, upgrade);
         access::remove_client_identity(h);
+        if let Some(spec) = stored_for_others {
+            cached::keep_keyed(spec, h);
+        }
         if let Some(kind) = credential {
             access::remove_credential(kind, h);
         }
         headers::set_forwarded(h, &conn.peer_value, conn.peer_trusted, host_value.as_ref());
+        if stored_for_others.is_some() {
+            // The client's own address, as weir resolved it: not a value a client chooses.
+            cached::set_client_ip(h, ex.client_ip);
+        }
         h.insert(&headers::X_REQUEST_ID, ex.request_id.clone());
-        if let Some(p) = &ex.principal
+        let identity_keyed = stored_for_others.is_none_or(|spec| spec.per_consumer);
+        if let Some(p) = ex.principal.as_ref().filter(|_| identity_keyed)
             && access::set_identity(h, p).is_err()
         {
             ex.auth_failure = Some(AuthFailure::Invalid);

@@ -89,7 +89,7 @@ pub(crate) fn build(
              response)",
         );
     }
-    if c.per_consumer && route.auth.is_none() {
+    if c.per_consumer == Some(true) && route.auth.is_none() {
         r.at(
             &path.key("per_consumer"),
             "`per_consumer` keys the cache by the authenticated consumer, so the route needs \
@@ -106,6 +106,6 @@ pub(crate) fn build(
         stale_while_revalidate: swr?,
         stale_if_error: sie?,
         max_body: max_body?,
-        per_consumer: c.per_consumer,
+        per_consumer: c.per_consumer.unwrap_or(route.auth.is_some()),
     })
 }

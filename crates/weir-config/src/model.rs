@@ -989,8 +989,9 @@ pub(crate) struct CacheConfig {
     pub(crate) stale_if_error: Dur,
     /// Responses with larger bodies stream through and are not stored.
     pub(crate) max_body: Size,
-    /// Cache requests that carry credentials too, keyed by the consumer. Needs `auth`.
-    pub(crate) per_consumer: bool,
+    /// Key entries by the authenticated consumer. Default: true on routes with `auth`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_consumer: Option<bool>,
 }
 
 impl Default for CacheConfig {
@@ -1002,7 +1003,7 @@ impl Default for CacheConfig {
             stale_while_revalidate: Dur::default_of("0s"),
             stale_if_error: Dur::default_of("0s"),
             max_body: Size::default_of("1MiB"),
-            per_consumer: false,
+            per_consumer: None,
         }
     }
 }

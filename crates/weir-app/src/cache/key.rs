@@ -44,7 +44,7 @@ impl CacheKey {
         text.push_str(route);
         let route_end = text.len();
         text.push(PART);
-        text.push_str(&host.to_ascii_lowercase());
+        text.extend(host.chars().map(|c| c.to_ascii_lowercase()));
         text.push(PART);
         let path_start = text.len();
         text.push_str(path);

@@ -40,7 +40,7 @@ fn defaults() {
     assert_eq!(
         l.effective["routes"][0]["cache"],
         json!({ "ttl": "60s", "store": "memory", "vary": [], "stale_while_revalidate": "0s",
-                "stale_if_error": "0s", "max_body": "1MiB", "per_consumer": false })
+                "stale_if_error": "0s", "max_body": "1MiB" })
     );
 }
 

@@ -77,7 +77,11 @@ impl Purge {
     pub fn matches(&self, route: &str, path: &str) -> bool {
         match self {
             Self::Route(name) => route == name,
-            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            // At a segment boundary, as route prefixes match: `/b/1` is `/b/1` and what is
+            // under it, not `/b/12`.
+            Self::Prefix(prefix) => path.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/')
+            }),
         }
     }
 }

@@ -341,7 +341,7 @@ async fn redis_purge_is_seen_by_every_instance() {
         keys.push(key("orders", &format!("/v2/orders/{i}")));
     }
     keys.push(key("users", "/v2/users/1"));
-    keys.push(key("users", "/v2/orders-of-users"));
+    keys.push(key("users", "/v2/orders/of-users"));
     for k in &keys {
         a.redis()
             .expect("redis")
@@ -369,7 +369,7 @@ async fn redis_purge_is_seen_by_every_instance() {
     let p = a.purge(matcher(&Purge::Prefix("/v2/orders".into()))).await;
     assert_eq!(
         p.memory, 1_201,
-        "a's memory: the orders and /v2/orders-of-users"
+        "a's memory: the orders and /v2/orders/of-users"
     );
     assert_eq!(p.redis, Some(Ok(1)));
     assert!(
@@ -500,4 +500,16 @@ fn futures_are_send() {
     if let Some(r) = s.redis() {
         send(&r.get("k"));
     }
+}
+
+#[test]
+fn prefixes_match_at_segment_boundaries() {
+    let p = Purge::Prefix("/b/1".into());
+    assert!(p.matches("r", "/b/1"));
+    assert!(p.matches("r", "/b/1/x"));
+    assert!(!p.matches("r", "/b/12"));
+    assert!(Purge::Prefix("/b/".into()).matches("r", "/b/12"));
+    assert!(Purge::Prefix("/".into()).matches("r", "/anything"));
+    assert!(Purge::Route("r".into()).matches("r", "/x"));
+    assert!(!Purge::Route("r".into()).matches("rr", "/x"));
 }

@@ -8,6 +8,8 @@ mod auth_oauth2;
 mod auth_tls;
 mod balancing;
 mod breaker;
+mod cache;
+mod cache_redis;
 mod cli;
 mod common;
 mod discovery_consul;

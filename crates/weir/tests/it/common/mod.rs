@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod backend;
+pub mod cache;
 pub mod consul;
 pub mod discovery;
 pub mod dns;
