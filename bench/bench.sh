@@ -13,7 +13,7 @@
 # weir-limit / weir-redis: a memory / Redis rate limit by ip that never refuses,
 # weir-resil: passive health, a circuit breaker, retries and a fallback that never trip,
 # weir-cache / weir-rcache: response cache hits in memory / Redis, weir-rmiss: a Redis cache
-# that misses every time), next to
+# that misses every time, weir-xform: header and query transforms), next to
 # nginx and HAProxy, pinned mode and the small body by default, no memory test.
 #
 # Usage: bench/bench.sh [options]         (from anywhere; needs nginx, haproxy, wrk, python3)
@@ -45,7 +45,7 @@ LOAD_CPU="${LOAD_CPU:-1}"        # the core wrk and the origin share in pinned m
 ORIGIN_PORT=19080
 declare -A PORT=([weir]=19081 [nginx]=19082 [haproxy]=19083)
 # --auth: the weir variants are routes of the same weir process (same port)
-AUTH_VARIANTS="weir-key weir-jwt weir-limit weir-redis weir-resil weir-cache weir-rcache weir-rmiss"
+AUTH_VARIANTS="weir-key weir-jwt weir-limit weir-redis weir-resil weir-cache weir-rcache weir-rmiss weir-xform"
 declare -A PREFIX=()   # variant -> path prefix in front of /small, /large
 declare -A HDR=()      # variant -> credential header sent by wrk and the readiness check
 declare -A BODY_LEN=([small]=100 [large]=16384)
@@ -110,7 +110,7 @@ done
 if [ "$AUTH" = 1 ]; then
     : "${MODES:=pinned}" "${BODIES:=small}" "${PROXIES:=weir,weir-key,weir-jwt,weir-limit,weir-redis,nginx,haproxy}"
     MEMORY=0   # the auth routes do not change what an idle connection costs
-    PREFIX=([weir]=/open [weir-key]=/key [weir-jwt]=/jwt [weir-limit]=/limit [weir-redis]=/redis [weir-resil]=/resilient [weir-cache]=/cached [weir-rcache]=/rcached [weir-rmiss]=/rmiss)   # the routes of weir.auth.yaml
+    PREFIX=([weir]=/open [weir-key]=/key [weir-jwt]=/jwt [weir-limit]=/limit [weir-redis]=/redis [weir-resil]=/resilient [weir-cache]=/cached [weir-rcache]=/rcached [weir-rmiss]=/rmiss [weir-xform]=/xform)   # the routes of weir.auth.yaml
     for p in $AUTH_VARIANTS; do PORT[$p]="${PORT[weir]}"; done
 fi
 : "${MODES:=both}" "${BODIES:=small,large}" "${PROXIES:=weir,nginx,haproxy}"

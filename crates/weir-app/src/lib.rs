@@ -19,6 +19,7 @@ pub mod limits;
 pub mod members;
 pub mod pipeline;
 pub mod request_id;
+mod transform;
 mod tries;
 
 pub use access::Authenticator;

@@ -31,6 +31,7 @@ use crate::forward::{Connector, Forwarder};
 use crate::headers;
 use crate::limits::{Admission, Caller, RateInfo, RouteLimits, SharedLimiter};
 use crate::members::Members;
+use crate::transform::{RequestFacts, RouteTransforms};
 use crate::tries::{self, Dest, Outgoing, Replay};
 
 /// Marks a response served by a route's `fallback`.
@@ -203,6 +204,8 @@ pub struct Gateway<F: Connector, A, S, C> {
     access: Vec<RouteAccess>,
     /// Per route (same index), its rate limits and their state.
     limits: Vec<RouteLimits>,
+    /// Per route (same index), its header transforms, literal values prebuilt.
+    transforms: Vec<RouteTransforms>,
 }
 
 impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
@@ -227,6 +230,11 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
             .map(|r| RouteAccess::build(r, &providers))
             .collect::<Result<Vec<_>, _>>()?;
         let limits = crate::limits::build(routes.routes(), &upstreams)?;
+        let transforms = routes
+            .routes()
+            .iter()
+            .map(|r| RouteTransforms::build(&r.transforms))
+            .collect::<Result<Vec<_>, _>>()?;
         let members = upstreams
             .iter()
             .zip(&forwarders)
@@ -247,6 +255,7 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
             flights: Flights::default(),
             access,
             limits,
+            transforms,
         })
     }
 
@@ -267,6 +276,27 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
         if let Some(result) = ex.cache {
             headers.insert(&X_CACHE, HeaderValue::from_static(result.label()));
         }
+    }
+
+    /// Applies the route's response header transform to an answer from its upstream (or
+    /// its cache), not to weir's own errors.
+    pub fn transform_response(&self, ex: &Exchange, headers: &mut http::HeaderMap) {
+        let Some(changes) = ex.route.map(|r| &self.transforms[r].response) else {
+            return;
+        };
+        if changes.is_empty() {
+            return;
+        }
+        let facts = RequestFacts {
+            consumer: ex.principal.as_ref().map(|p| &*p.name),
+            request_id: &ex.request_id,
+            client_ip: ex.client_ip,
+            params: &[],
+            headers: None,
+            readable: None,
+        };
+        let rendered = changes.render(&facts);
+        changes.apply(headers, rendered);
     }
 
     /// Upstream `id`'s current targets.
@@ -371,6 +401,16 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
             }
         };
         let route = found.route;
+        // Template parameters, for transforms that name them (kept past the path's borrow).
+        let params: Vec<(&str, String)> = if route.transforms.is_empty() {
+            Vec::new()
+        } else {
+            found
+                .params
+                .iter()
+                .map(|(k, v)| (*k, (*v).to_owned()))
+                .collect()
+        };
         ex.route = Some(route.index);
         self.check_ip(route, ex)?;
         let route_access = &self.access[route.index];
@@ -472,6 +512,13 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
                 }
             }
         }
+        // A response that may be stored for others is asked for with only what its key
+        // holds: no header outside the key can shape what other clients get.
+        let stored_for_others = route
+            .cache
+            .as_deref()
+            .filter(|_| flow.is_some() || stale_answer.as_ref().is_some_and(|(_, r)| r.is_some()));
+        let readable = stored_for_others.map(|spec| spec.vary.as_slice());
         // Where `consistent_hash` reads its key, before the headers change.
         let hash = upstream
             .hash_key
@@ -494,17 +541,15 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
                 true,
             ),
         };
-        let path_and_query = upstream_path_and_query(req.uri(), &upstream_path, query)?;
+        let mut path_and_query = upstream_path_and_query(req.uri(), &upstream_path, query)?;
+        // A query transform runs once the headers are final, so its `${header.NAME}` reads
+        // what the header transform reads (never a credential or a client's claimed identity).
+        let late_query = (!route.transforms.query.is_empty())
+            .then(|| (upstream_path.to_string(), query.map(str::to_owned)));
         // Hop-by-hop and client-claimed identity out; X-Forwarded-*, the request id and the
         // proven identity in (after, so a client cannot name them in `Connection` to strip
         // them).
         let upgrade = headers::is_upgrade(req.headers());
-        // A response that may be stored for others is asked for with only what its key
-        // holds: no header outside the key can shape what other clients get.
-        let stored_for_others = route
-            .cache
-            .as_deref()
-            .filter(|_| flow.is_some() || stale_answer.as_ref().is_some_and(|(_, r)| r.is_some()));
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h, upgrade);
         access::remove_client_identity(h);
@@ -532,6 +577,31 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         }
         if host_missing && let Some(a) = host_value {
             h.insert(header::HOST, a);
+        }
+        let changes = &self.transforms[route.index].request;
+        if !changes.is_empty() {
+            let facts = RequestFacts {
+                consumer: ex.principal.as_ref().map(|p| &*p.name),
+                request_id: &ex.request_id,
+                client_ip: ex.client_ip,
+                params: &params,
+                headers: Some(h),
+                readable,
+            };
+            let rendered = changes.render(&facts);
+            changes.apply(h, rendered);
+        }
+        if let Some((p, q)) = late_query {
+            let facts = RequestFacts {
+                consumer: ex.principal.as_ref().map(|p| &*p.name),
+                request_id: &ex.request_id,
+                client_ip: ex.client_ip,
+                params: &params,
+                headers: Some(req.headers()),
+                readable,
+            };
+            let changed = route.transforms.query.apply(q.as_deref(), &facts);
+            path_and_query = join_path_query(&p, changed.as_deref())?;
         }
         // Retries only where the policy allows this method; a protocol switch is never
         // retried (it is not a request/response the client could see twice).
@@ -783,21 +853,23 @@ fn upstream_path_and_query(
 ) -> Result<PathAndQuery, GatewayError> {
     match original.path_and_query() {
         Some(pq) if pq.path() == path && pq.query() == query => Ok(pq.clone()),
-        _ => {
-            let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
-            s.push_str(path);
-            if let Some(q) = query {
-                s.push('?');
-                s.push_str(q);
-            }
-            PathAndQuery::try_from(s).map_err(|_| {
-                GatewayError::new(
-                    ErrorKind::BadRequest,
-                    "the rewritten path is not a valid URI path",
-                )
-            })
-        }
+        _ => join_path_query(path, query),
     }
+}
+
+fn join_path_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {
+    let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    s.push_str(path);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s).map_err(|_| {
+        GatewayError::new(
+            ErrorKind::BadRequest,
+            "the rewritten path is not a valid URI path",
+        )
+    })
 }
 
 /// The request body as it will be sent: buffered when a retry or fallback may have to send

@@ -37,6 +37,7 @@ mod resilience;
 mod routes;
 mod sections;
 mod settings;
+mod transforms;
 mod units;
 mod upstreams;
 

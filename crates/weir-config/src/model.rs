@@ -1223,9 +1223,47 @@ impl Serialize for FallbackConfig {
 pub(crate) struct TransformConfig {
     /// Changes to the request.
     pub(crate) request: Option<RequestTransformConfig>,
-    /// Changes to the response: not supported yet.
+    /// Changes to the response.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) response: Unsupported,
+    pub(crate) response: Option<ResponseTransformConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ResponseTransformConfig {
+    /// Header changes on the way to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) headers: Option<HeaderOpsConfig>,
+    /// Body changes: not supported yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) body: Unsupported,
+}
+
+/// `headers` of a request or response transform.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HeaderOpsConfig {
+    /// Headers set, replacing any of the same name; values may use variables.
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub(crate) set: OrderedMap<String>,
+    /// Headers added, after any of the same name.
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub(crate) add: OrderedMap<String>,
+    /// Headers removed (before `set` and `add`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) remove: Vec<String>,
+}
+
+/// `query` of a request transform.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct QueryOpsConfig {
+    /// Parameters set, replacing every parameter of the same name; values may use variables.
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub(crate) set: OrderedMap<String>,
+    /// Parameters removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) remove: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -1233,12 +1271,12 @@ pub(crate) struct TransformConfig {
 pub(crate) struct RequestTransformConfig {
     /// Path rewriting: `strip_prefix`, then `rewrite`, then `add_prefix`.
     pub(crate) path: Option<PathTransformConfig>,
-    /// Header changes: not supported yet.
+    /// Header changes before forwarding.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) headers: Unsupported,
-    /// Query changes: not supported yet.
+    pub(crate) headers: Option<HeaderOpsConfig>,
+    /// Query changes before forwarding.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) query: Unsupported,
+    pub(crate) query: Option<QueryOpsConfig>,
     /// Body changes: not supported yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) body: Unsupported,
@@ -1271,6 +1309,12 @@ pub(crate) struct OrderedMap<V>(pub(crate) Vec<(String, V)>);
 impl<V> Default for OrderedMap<V> {
     fn default() -> Self {
         Self(Vec::new())
+    }
+}
+
+impl<V> OrderedMap<V> {
+    pub(crate) const fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

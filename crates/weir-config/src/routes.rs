@@ -113,6 +113,10 @@ fn route_of(
         Some(t) => transform(t, &path.key("transform"), r),
         None => Some(PathTransform::default()),
     };
+    let transforms = match &cfg.transform {
+        Some(t) => crate::transforms::build(t, matcher.as_ref(), &path.key("transform"), r),
+        None => Some(weir_domain::transform::Transforms::default()),
+    };
     let access = access::build(cfg, path, provider_names, r);
     let rate_limits = ratelimit::build(&cfg.rate_limit, &path.key("rate_limit"), r);
     let fallback = resilience::fallback(cfg, path, upstream_names, r);
@@ -132,6 +136,7 @@ fn route_of(
         timeout: timeout?,
         max_body_bytes: max_body_bytes?,
         path_transform: path_transform?,
+        transforms: transforms?,
         access: access?,
         rate_limits: rate_limits?,
         fallback: fallback?,
@@ -331,24 +336,10 @@ pub(crate) fn static_response(
 }
 
 fn transform(t: &TransformConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<PathTransform> {
-    unsupported(
-        r,
-        &path.key("response"),
-        &t.response,
-        "response transforms are not supported yet",
-    );
     let Some(request) = &t.request else {
-        return t.response.is_none().then(PathTransform::default);
+        return Some(PathTransform::default());
     };
     let req = path.key("request");
-    for (key, value) in [
-        ("headers", &request.headers),
-        ("query", &request.query),
-        ("body", &request.body),
-    ] {
-        let message = format!("request `{key}` transforms are not supported yet");
-        unsupported(r, &req.key(key), value, &message);
-    }
     let Some(p) = &request.path else {
         return Some(PathTransform::default());
     };

@@ -180,6 +180,14 @@ impl Template {
         })
     }
 
+    /// The names of its parameters, in order.
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Param(n) | Segment::CatchAll(n) => Some(n.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
     /// Number of parameters: fewer is more specific.
     #[must_use]
     pub fn param_count(&self) -> usize {
@@ -454,6 +462,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub max_body_bytes: Option<u64>,
     pub path_transform: PathTransform,
+    /// Header and query changes on the way in, header changes on the way out.
+    pub transforms: crate::transform::Transforms,
     /// Who may call the route (`auth`, `ip`, `cors`); `None` when open.
     pub access: Access,
     /// `rate_limit`: every policy must admit the request.

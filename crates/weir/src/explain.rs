@@ -110,6 +110,38 @@ fn steps(
                 out.push(format!("path.add_prefix {p}"));
             }
             out.push("forwarded_headers".to_owned());
+            let tf = &route.transforms;
+            for (what, ops) in [
+                ("request", &tf.request_headers),
+                ("response", &tf.response_headers),
+            ] {
+                if !ops.is_empty() {
+                    let names = |list: &[(String, weir_domain::transform::Template)]| {
+                        list.iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    out.push(format!(
+                        "{what}.headers remove [{}] set [{}] add [{}]",
+                        ops.remove.join(" "),
+                        names(&ops.set),
+                        names(&ops.add)
+                    ));
+                }
+            }
+            if !tf.query.is_empty() {
+                out.push(format!(
+                    "query remove [{}] set [{}]",
+                    tf.query.remove.join(" "),
+                    tf.query
+                        .set
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
             let mut skipped = vec!["unhealthy"];
             if u.passive.is_some() {
                 skipped.push("ejected");

@@ -63,6 +63,9 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
                         tunnel(client, hyper::upgrade::on(&mut resp));
                     }
                     remove_hop_by_hop(resp.headers_mut(), switching);
+                    snapshot
+                        .gateway
+                        .transform_response(&exchange, resp.headers_mut());
                     // The status line speaks the client's HTTP version, not the upstream's:
                     // an HTTP/1.0 upstream must not turn a keep-alive client into a closing one.
                     *resp.version_mut() = client_version;
@@ -84,12 +87,18 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
             let mut resp = Response::new(Body::full(cached.body()));
             *resp.status_mut() = status;
             *resp.headers_mut() = headers;
+            snapshot
+                .gateway
+                .transform_response(&exchange, resp.headers_mut());
             resp
         }
         Ok(Outcome::Preflight(headers)) => {
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             *resp.headers_mut() = headers;
+            snapshot
+                .gateway
+                .transform_response(&exchange, resp.headers_mut());
             resp
         }
         Err(err) => problem::response(&err, &exchange.request_id),

@@ -82,6 +82,10 @@ routes:
     transform:
       request:
         path: { strip_prefix: /a, add_prefix: /b, rewrite: { regex: x, to: y } }
+        headers: { set: { X-Tenant: '${consumer.name}' }, add: { X-Via: weir }, remove: [Cookie] }
+        query: { set: { source: gateway }, remove: [debug] }
+      response:
+        headers: { set: { X-Served-By: weir }, remove: [Server] }
     cache: { ttl: 30s, store: memory, vary: [Accept], stale_while_revalidate: 10s, stale_if_error: 5m,
              max_body: 1MiB, per_consumer: true }
   - name: b
@@ -107,10 +111,8 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "observability.tracing",
     "upstreams.<name>.tls",
     "routes[].grpc",
-    "routes[].transform.request.headers",
-    "routes[].transform.request.query",
     "routes[].transform.request.body",
-    "routes[].transform.response",
+    "routes[].transform.response.body",
 ];
 
 /// Maps whose keys are names the user chose.
@@ -133,7 +135,8 @@ fn key_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
                 if !named {
                     out.push(path.clone());
                 }
-                if key != "headers" {
+                // Header maps and a query's `set` are keyed by names the user chose.
+                if key != "headers" && !(key == "set" && prefix.ends_with(".query")) {
                     key_paths(v, &path, out);
                 }
             }

@@ -424,3 +424,19 @@ fn cache_example() {
     let p = prices.cache.as_ref().unwrap();
     assert_eq!((p.store, p.max_body), (CacheStore::Redis, 256 * 1024));
 }
+
+#[test]
+fn transforms_example() {
+    let l = example("transforms.yaml");
+    let t = &l.routes.routes()[0].transforms;
+    let set: Vec<&str> = t
+        .request_headers
+        .set
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(set, ["x-tenant", "x-order-id"]);
+    assert_eq!(t.request_headers.remove, ["cookie"]);
+    assert_eq!(t.query.remove, ["debug"]);
+    assert_eq!(t.response_headers.remove, ["server", "x-powered-by"]);
+}

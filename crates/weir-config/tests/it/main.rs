@@ -13,3 +13,4 @@ mod garbage;
 mod problems;
 mod ratelimit;
 mod resilience;
+mod transforms;

@@ -379,10 +379,7 @@ routes:
         "weir.yaml:14:5: upstreams.users.tls: upstream `tls` is not supported yet",
         "weir.yaml:15:15: upstreams.users.protocol: protocol grpc is not supported yet",
         "weir.yaml:22:5: routes[0].grpc: `grpc` is not supported yet",
-        "weir.yaml:24:18: routes[0].transform.request.headers: request `headers` transforms are not supported yet",
-        "weir.yaml:24:31: routes[0].transform.request.query: request `query` transforms are not supported yet",
         "weir.yaml:24:42: routes[0].transform.request.body: request `body` transforms are not supported yet",
-        "weir.yaml:25:7: routes[0].transform.response: response transforms are not supported yet",
     ];
     assert_eq!(p, expected);
 }

@@ -103,6 +103,7 @@ fn table(specs: Vec<R>) -> RouteTable {
             rate_limits: Vec::new(),
             fallback: None,
             cache: None,
+            transforms: Default::default(),
         })
         .collect();
     RouteTable::build(routes).unwrap()
@@ -272,6 +273,7 @@ fn conflicts_are_reported() {
                 rate_limits: Vec::new(),
                 fallback: None,
                 cache: None,
+                transforms: Default::default(),
             })
             .collect();
         RouteTable::build(routes)

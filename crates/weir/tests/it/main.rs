@@ -25,3 +25,4 @@ mod ratelimit_redis;
 mod resilience;
 mod routing;
 mod streaming;
+mod transforms;
