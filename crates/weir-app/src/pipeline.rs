@@ -287,14 +287,7 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
         if changes.is_empty() {
             return;
         }
-        let facts = RequestFacts {
-            consumer: ex.principal.as_ref().map(|p| &*p.name),
-            request_id: &ex.request_id,
-            client_ip: ex.client_ip,
-            params: &[],
-            headers: None,
-            readable: None,
-        };
+        let facts = RequestFacts::of(ex, &[], None, None);
         let rendered = changes.render(&facts);
         changes.apply(headers, rendered);
     }
@@ -580,26 +573,12 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         }
         let changes = &self.transforms[route.index].request;
         if !changes.is_empty() {
-            let facts = RequestFacts {
-                consumer: ex.principal.as_ref().map(|p| &*p.name),
-                request_id: &ex.request_id,
-                client_ip: ex.client_ip,
-                params: &params,
-                headers: Some(h),
-                readable,
-            };
+            let facts = RequestFacts::of(ex, &params, Some(h), readable);
             let rendered = changes.render(&facts);
             changes.apply(h, rendered);
         }
         if let Some((p, q)) = late_query {
-            let facts = RequestFacts {
-                consumer: ex.principal.as_ref().map(|p| &*p.name),
-                request_id: &ex.request_id,
-                client_ip: ex.client_ip,
-                params: &params,
-                headers: Some(req.headers()),
-                readable,
-            };
+            let facts = RequestFacts::of(ex, &params, Some(req.headers()), readable);
             let changed = route.transforms.query.apply(q.as_deref(), &facts);
             path_and_query = join_path_query(&p, changed.as_deref())?;
         }

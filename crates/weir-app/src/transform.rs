@@ -134,6 +134,25 @@ pub(crate) struct RequestFacts<'a> {
     pub(crate) readable: Option<&'a [String]>,
 }
 
+impl<'a> RequestFacts<'a> {
+    /// The facts the exchange knows, with the request's path parameters and headers.
+    pub(crate) fn of(
+        ex: &'a crate::pipeline::Exchange,
+        params: &'a [(&'a str, String)],
+        headers: Option<&'a HeaderMap>,
+        readable: Option<&'a [String]>,
+    ) -> Self {
+        Self {
+            consumer: ex.principal.as_ref().map(|p| &*p.name),
+            request_id: &ex.request_id,
+            client_ip: ex.client_ip,
+            params,
+            headers,
+            readable,
+        }
+    }
+}
+
 impl Facts for RequestFacts<'_> {
     fn consumer(&self) -> Option<&str> {
         self.consumer
