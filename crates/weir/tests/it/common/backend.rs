@@ -436,8 +436,16 @@ impl WsBackend {
     }
 }
 
-/// An address where nothing listens (bound, then closed).
+/// An address that refuses connections for the rest of the test: a socket bound to it but
+/// never listening, kept open. A port merely bound and closed could be taken by a server of
+/// a test running beside this one, which would then answer where nothing should.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().unwrap()
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    s.bind(&any.into()).expect("bind");
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    // Each test is its own process (nextest): the socket lives until the test ends.
+    std::mem::forget(s);
+    addr
 }

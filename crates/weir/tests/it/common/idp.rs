@@ -503,9 +503,22 @@ async fn idp_connection<S>(stream: S, st: Arc<IdpState>, mut stop: watch::Receiv
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A request that arrives after `go_away` returned, on a connection not yet closed, is
+    // refused too: "gone" holds from the moment the test says so.
+    let gone = stop.clone();
     let svc = service_fn(move |req| {
         let st = Arc::clone(&st);
-        async move { Ok::<_, Infallible>(idp_answer(req, &st).await) }
+        let gone = *gone.borrow();
+        async move {
+            if gone {
+                return Ok::<_, Infallible>(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "gone",
+                ));
+            }
+            Ok::<_, Infallible>(idp_answer(req, &st).await)
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
