@@ -39,8 +39,6 @@ pub enum CacheResult {
 }
 
 impl CacheResult {
-    pub const ALL: [Self; 4] = [Self::Hit, Self::Miss, Self::Stale, Self::Bypass];
-
     #[must_use]
     pub const fn label(self) -> &'static str {
         match self {
@@ -198,7 +196,7 @@ pub(crate) async fn look<C: ResponseCache>(
                         stale: None,
                         head_only,
                         uri: uri.clone(),
-                        directives: directives(headers),
+                        directives: policy::directives(headers),
                     })),
                     Join::Follow(_) => None,
                 };
@@ -235,18 +233,8 @@ pub(crate) async fn look<C: ResponseCache>(
         stale,
         head_only,
         uri: uri.clone(),
-        directives: directives(headers),
+        directives: policy::directives(headers),
     }))
-}
-
-fn directives(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for name in [header::CACHE_CONTROL, header::PRAGMA] {
-        for v in headers.get_all(&name) {
-            out.append(name.clone(), v.clone());
-        }
-    }
-    out
 }
 
 /// What became of a response on a cache route.

@@ -19,3 +19,5 @@ pub mod ratelimit;
 mod redis_conn;
 #[cfg(test)]
 mod test_logs;
+#[cfg(test)]
+mod test_net;

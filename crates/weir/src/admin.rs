@@ -46,22 +46,16 @@ async fn require_token(State(token): State<Arc<String>>, req: Request, next: Nex
     if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
         return next.run(req).await;
     }
-    let request_id = weir_app::request_id::generate();
-    let body = json!({
-        "type": "https://weir.dev/errors/unauthorized", "title": "Unauthorized", "status": 401,
-        "detail": "the admin API needs Authorization: Bearer <admin.token>", "code": "unauthorized",
-        "request_id": String::from_utf8_lossy(request_id.as_bytes()),
-    });
-    let mut resp = (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
+    let mut resp = problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "the admin API needs Authorization: Bearer <admin.token>",
+        None,
     );
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"weir-admin\""),
     );
-    resp.headers_mut().insert("x-request-id", request_id);
     resp
 }
 

@@ -95,9 +95,9 @@ impl Flights {
         }
     }
 
-    /// Flights in progress (for tests and the admin API).
-    #[must_use]
-    pub fn in_progress(&self) -> usize {
+    /// Flights in progress.
+    #[cfg(test)]
+    fn in_progress(&self) -> usize {
         self.inner
             .shards
             .iter()

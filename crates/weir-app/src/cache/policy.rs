@@ -67,11 +67,7 @@ pub fn decide(
     let mut req = Request::new(());
     *req.method_mut() = Method::GET;
     *req.uri_mut() = uri.clone();
-    for name in [header::CACHE_CONTROL, header::PRAGMA] {
-        for v in req_headers.get_all(&name) {
-            req.headers_mut().append(name.clone(), v.clone());
-        }
-    }
+    *req.headers_mut() = directives(req_headers);
     let options = CacheOptions {
         shared: true,
         cache_heuristic: 0.0,
@@ -102,6 +98,19 @@ pub fn decide(
         stale_while_revalidate: ms(swr),
         stale_if_error: ms(sie),
     })
+}
+
+/// A request's own cache directives (`Cache-Control`, `Pragma`): all of it that bears on
+/// storing its response.
+#[must_use]
+pub fn directives(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [header::CACHE_CONTROL, header::PRAGMA] {
+        for v in headers.get_all(&name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The response's `Cache-Control` directives that http-cache-semantics does not expose.

@@ -191,10 +191,7 @@ async fn an_endpoint_that_cannot_answer_fails_closed_and_is_asked_again() {
         assert_eq!(i.verify("t").await, unavailable);
         assert_eq!(srv.hits(), 2, "failures are not cached");
     }
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = crate::test_net::dead_addr();
     let i = introspector(&spec(format!("http://{addr}/introspect")));
     assert_eq!(i.verify("t").await, unavailable);
 

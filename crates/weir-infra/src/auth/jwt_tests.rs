@@ -603,10 +603,7 @@ async fn an_unreachable_jwks_fails_closed() {
         rejected(AuthFailure::Unavailable)
     );
     // Nothing listens here.
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = crate::test_net::dead_addr();
     let t = tokens(&jwks_spec(
         format!("http://{addr}/jwks"),
         Duration::from_secs(300),

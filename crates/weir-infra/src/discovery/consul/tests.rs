@@ -236,10 +236,7 @@ async fn failures_are_reported_without_the_token_and_the_next_answer_is_read_afr
 #[tokio::test]
 async fn no_agent_is_a_failure_and_retries_back_off() {
     // A port that refuses connections.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = crate::test_net::dead_addr();
     let (task, mut rx) = watch(spec(&format!("http://{closed}"), None, None));
     let start = Instant::now();
     for _ in 0..4 {

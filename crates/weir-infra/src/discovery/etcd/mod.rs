@@ -346,9 +346,7 @@ mod tests {
     /// and the reason says what failed.
     #[tokio::test]
     async fn an_unreachable_cluster_is_a_reported_failure() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
+        let addr = crate::test_net::dead_addr();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let spec = EtcdDiscovery {
             prefix: "/weir/".to_owned(),
