@@ -423,6 +423,8 @@ fn cache_example() {
     let prices = routes.iter().find(|r| r.name == "prices").unwrap();
     let p = prices.cache.as_ref().unwrap();
     assert_eq!((p.store, p.max_body), (CacheStore::Redis, 256 * 1024));
+    let account = routes.iter().find(|r| r.name == "account").unwrap();
+    assert!(account.cache.as_ref().unwrap().per_consumer);
 }
 
 #[test]
