@@ -13,7 +13,8 @@
 # weir-limit / weir-redis: a memory / Redis rate limit by ip that never refuses,
 # weir-resil: passive health, a circuit breaker, retries and a fallback that never trip,
 # weir-cache / weir-rcache: response cache hits in memory / Redis, weir-rmiss: a Redis cache
-# that misses every time, weir-xform: header and query transforms), next to
+# that misses every time, weir-xform: header and query transforms, weir-json / weir-jsonraw:
+# a JSON response body edited / the same JSON route without the edit), next to
 # nginx and HAProxy, pinned mode and the small body by default, no memory test.
 #
 # Usage: bench/bench.sh [options]         (from anywhere; needs nginx, haproxy, wrk, python3)
@@ -45,7 +46,7 @@ LOAD_CPU="${LOAD_CPU:-1}"        # the core wrk and the origin share in pinned m
 ORIGIN_PORT=19080
 declare -A PORT=([weir]=19081 [nginx]=19082 [haproxy]=19083)
 # --auth: the weir variants are routes of the same weir process (same port)
-AUTH_VARIANTS="weir-key weir-jwt weir-limit weir-redis weir-resil weir-cache weir-rcache weir-rmiss weir-xform"
+AUTH_VARIANTS="weir-key weir-jwt weir-limit weir-redis weir-resil weir-cache weir-rcache weir-rmiss weir-xform weir-json weir-jsonraw"
 declare -A PREFIX=()   # variant -> path prefix in front of /small, /large
 declare -A HDR=()      # variant -> credential header sent by wrk and the readiness check
 declare -A BODY_LEN=([small]=100 [large]=16384)
@@ -110,7 +111,7 @@ done
 if [ "$AUTH" = 1 ]; then
     : "${MODES:=pinned}" "${BODIES:=small}" "${PROXIES:=weir,weir-key,weir-jwt,weir-limit,weir-redis,nginx,haproxy}"
     MEMORY=0   # the auth routes do not change what an idle connection costs
-    PREFIX=([weir]=/open [weir-key]=/key [weir-jwt]=/jwt [weir-limit]=/limit [weir-redis]=/redis [weir-resil]=/resilient [weir-cache]=/cached [weir-rcache]=/rcached [weir-rmiss]=/rmiss [weir-xform]=/xform)   # the routes of weir.auth.yaml
+    PREFIX=([weir]=/open [weir-key]=/key [weir-jwt]=/jwt [weir-limit]=/limit [weir-redis]=/redis [weir-resil]=/resilient [weir-cache]=/cached [weir-rcache]=/rcached [weir-rmiss]=/rmiss [weir-xform]=/xform [weir-json]=/jsonedit [weir-jsonraw]=/jsonraw)   # the routes of weir.auth.yaml
     for p in $AUTH_VARIANTS; do PORT[$p]="${PORT[weir]}"; done
 fi
 : "${MODES:=both}" "${BODIES:=small,large}" "${PROXIES:=weir,nginx,haproxy}"
@@ -193,6 +194,13 @@ OUT="${OUT:-$HERE/results/$STAMP}"
 mkdir -p "$OUT" || die "cannot create $OUT"
 mkdir -p "$RUN/www"
 head -c 16384 /dev/zero | tr '\0' 'L' >"$RUN/www/large.bin"
+# The same sizes as JSON objects whose "password" the weir-json route masks in place (the
+# edit keeps the length, so the readiness check's exact-length test still holds).
+mkdir -p "$RUN/www/json"
+for b in small large; do
+    pad=$(( BODY_LEN[$b] - 31 ))
+    printf '{"data":"%s","password":"secret"}' "$(head -c "$pad" /dev/zero | tr '\0' 's')" >"$RUN/www/json/$b"
+done
 SMALL_BODY="$(head -c 100 /dev/zero | tr '\0' 's')"
 chmod -R a+rX "$RUN/www"
 

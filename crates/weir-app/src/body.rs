@@ -2,6 +2,8 @@
 //! buffered when it is small and may have to be sent again.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -28,6 +30,10 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         remaining: u64,
+        // Set when the limit is passed, for a sender that does not hand the body's error
+        // back (an HTTP/2 client sends the body from its own task and only resets the
+        // stream).
+        tripped: Option<Arc<AtomicBool>>,
     }
 }
 
@@ -36,7 +42,15 @@ impl<B> LimitedBody<B> {
         Self {
             inner,
             remaining: limit,
+            tripped: None,
         }
+    }
+
+    /// Also records passing the limit in a flag that [`ReqBody::tripped`] hands out.
+    #[must_use]
+    pub fn watched(mut self) -> Self {
+        self.tripped = Some(Arc::new(AtomicBool::new(false)));
+        self
     }
 }
 
@@ -59,6 +73,9 @@ where
                     let len = data.remaining() as u64;
                     if len > *this.remaining {
                         *this.remaining = 0;
+                        if let Some(t) = this.tripped {
+                            t.store(true, Ordering::Relaxed);
+                        }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *this.remaining -= len;
@@ -100,6 +117,17 @@ pub enum ReqBody<B> {
     Empty,
     Full(Option<Bytes>),
     Stream(LimitedBody<B>),
+}
+
+impl<B> ReqBody<B> {
+    /// The flag a watched stream sets when it passes the route's limit.
+    #[must_use]
+    pub fn tripped(&self) -> Option<Arc<AtomicBool>> {
+        match self {
+            Self::Stream(s) => s.tripped.clone(),
+            _ => None,
+        }
+    }
 }
 
 impl<B> Body for ReqBody<B>

@@ -80,6 +80,13 @@ impl Reply {
             self.entry.body.clone()
         }
     }
+
+    /// The stored body even for a HEAD (whose headers describe it), and whether only the
+    /// head is sent.
+    #[must_use]
+    pub fn stored_body(&self) -> (Bytes, bool) {
+        (self.entry.body.clone(), self.head_only)
+    }
 }
 
 /// A refresh to run after a stale answer: the request as it would have been forwarded.

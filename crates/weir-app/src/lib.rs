@@ -12,6 +12,7 @@ pub mod body;
 pub mod cache;
 pub mod cached;
 pub mod clock;
+pub mod convert;
 pub mod error;
 pub mod forward;
 pub mod headers;

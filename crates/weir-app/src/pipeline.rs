@@ -14,18 +14,20 @@ use weir_domain::ErrorKind;
 use weir_domain::auth::{AuthFailure, Principal, Provider};
 use weir_domain::balance::hash_key;
 use weir_domain::discovery::Endpoint;
+use weir_domain::grpc;
 use weir_domain::net::Cidr;
 use weir_domain::path;
 use weir_domain::retry;
 use weir_domain::route::{Fallback, MethodSet, Route, RouteAction};
 use weir_domain::router::{Lookup, RequestHead, RouteTable};
-use weir_domain::upstream::{HashKey, InFlight, Target, Upstream};
+use weir_domain::upstream::{HashKey, InFlight, Protocol, Target, Upstream};
 
 use crate::access::{self, Authenticator, RouteAccess};
 use crate::body::{LimitedBody, ReqBody};
 use crate::cache::flights::Flights;
 use crate::cache::{CacheKey, ResponseCache};
 use crate::cached::{self, CacheResult, Flow, Looked, Refresh, Reply, Stored};
+use crate::convert::{self, RequestConverter};
 use crate::error::GatewayError;
 use crate::forward::{Connector, Forwarder};
 use crate::headers;
@@ -100,6 +102,8 @@ pub struct Exchange {
     pub fallback: Option<FallbackKind>,
     /// How a route with `cache` served the request (`X-Cache`).
     pub cache: Option<CacheResult>,
+    /// What the route's request converter did, in its own terms, for the response side.
+    pub conversion: Option<u32>,
 }
 
 /// Which kind of `fallback` answered.
@@ -143,6 +147,7 @@ impl Exchange {
             retry_budget_exhausted: false,
             fallback: None,
             cache: None,
+            conversion: None,
         }
     }
 }
@@ -180,6 +185,9 @@ pub struct Parts<F, A, S, C> {
     pub trusted_proxies: Vec<Cidr>,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Per route (same index), the converter of its request bodies, if it has one; empty
+    /// when no route has one.
+    pub converters: Vec<Option<Arc<dyn RequestConverter>>>,
 }
 
 /// One config generation's request pipeline: routes, upstreams and their forwarders.
@@ -206,6 +214,8 @@ pub struct Gateway<F: Connector, A, S, C> {
     limits: Vec<RouteLimits>,
     /// Per route (same index), its header transforms, literal values prebuilt.
     transforms: Vec<RouteTransforms>,
+    /// Per route (same index), its request body converter (empty when none has one).
+    converters: Vec<Option<Arc<dyn RequestConverter>>>,
 }
 
 impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
@@ -223,6 +233,7 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
             trusted_proxies,
             max_header_bytes,
             max_body_bytes,
+            converters,
         } = parts;
         let access = routes
             .routes()
@@ -256,6 +267,7 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
             access,
             limits,
             transforms,
+            converters,
         })
     }
 
@@ -395,15 +407,16 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         };
         let route = found.route;
         // Template parameters, for transforms that name them (kept past the path's borrow).
-        let params: Vec<(&str, String)> = if route.transforms.is_empty() {
-            Vec::new()
-        } else {
-            found
-                .params
-                .iter()
-                .map(|(k, v)| (*k, (*v).to_owned()))
-                .collect()
-        };
+        let params: Vec<(&str, String)> =
+            if route.transforms.is_empty() && !route.path_transform.reads_params() {
+                Vec::new()
+            } else {
+                found
+                    .params
+                    .iter()
+                    .map(|(k, v)| (*k, (*v).to_owned()))
+                    .collect()
+            };
         ex.route = Some(route.index);
         self.check_ip(route, ex)?;
         let route_access = &self.access[route.index];
@@ -460,7 +473,15 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
             RouteAction::Upstream(id) => id.0,
         };
         let upstream = &self.upstreams[upstream_id];
-        let timeout = route.timeout.unwrap_or(upstream.timeouts.request);
+        let mut timeout = route.timeout.unwrap_or(upstream.timeouts.request);
+        // A gRPC client's deadline is the call's: weir gives up when the client would.
+        if let Some(deadline) = req
+            .headers()
+            .get(&headers::GRPC_TIMEOUT)
+            .and_then(|v| grpc::parse_timeout(v.as_bytes()))
+        {
+            timeout = timeout.min(deadline);
+        }
         // The query the upstream sees (and the cache keys on): without an API key that
         // authenticated the request through it.
         let stripped = match (
@@ -521,7 +542,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         let upstream_path = if route.path_transform.is_identity() {
             path
         } else {
-            Cow::Owned(route.path_transform.apply(&path))
+            Cow::Owned(route.path_transform.apply_with(&path, &params))
         };
         // `Host` as the client sent it; HTTP/2 clients name the host in :authority instead,
         // and then it must be added for the upstream.
@@ -545,6 +566,10 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         let upgrade = headers::is_upgrade(req.headers());
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h, upgrade);
+        if upstream.protocol == Protocol::Grpc {
+            // gRPC servers require it: it says the client reads trailers (grpc-status).
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         access::remove_client_identity(h);
         if let Some(spec) = stored_for_others {
             cached::keep_keyed(spec, h);
@@ -591,9 +616,33 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
             Some(Fallback::Upstream(id)) => Some(id.0),
             _ => None,
         };
-        let (head, body) = req.into_parts();
-        let replay_wanted = retry.is_some() || fallback_upstream.is_some();
-        let body = replay_body(body, &head.headers, replay_wanted, max_body, timeout).await?;
+        let (mut head, body) = req.into_parts();
+        let converter = self
+            .converters
+            .get(route.index)
+            .and_then(Option::as_deref)
+            .filter(|c| c.wants(&head));
+        let body = if let Some(c) = converter {
+            // Converted whole, so it can be replayed like any buffered body.
+            let original = convert::buffer(body, max_body, timeout).await?;
+            let out = convert::Outbound {
+                head: &mut head,
+                path_and_query: &mut path_and_query,
+                ex,
+                timeout,
+            };
+            let converted = c.convert(out, original)?;
+            convert::set_length(&mut head, converted.len());
+            if converted.is_empty() {
+                Replay::Empty
+            } else {
+                Replay::Buffered(converted)
+            }
+        } else {
+            let replay_wanted = retry.is_some() || fallback_upstream.is_some();
+            let watch = upstream.protocol.is_http2();
+            replay_body(body, &head.headers, replay_wanted, max_body, timeout, watch).await?
+        };
         let mut out = Outgoing {
             head: Some(head),
             path_and_query,
@@ -859,6 +908,7 @@ async fn replay_body<B>(
     wanted: bool,
     max_body: u64,
     timeout: Duration,
+    watch: bool,
 ) -> Result<Replay<B>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -867,21 +917,16 @@ where
     if body.is_end_stream() {
         return Ok(Replay::Empty);
     }
-    let limited = LimitedBody::new(body, max_body);
     if !wanted || content_length(headers).is_none_or(|n| n > retry::MAX_REPLAY_BODY) {
+        let mut limited = LimitedBody::new(body, max_body);
+        if watch {
+            limited = limited.watched();
+        }
         return Ok(Replay::Stream(Some(limited)));
     }
-    match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await {
-        Ok(Ok(collected)) => Ok(Replay::Buffered(collected.to_bytes())),
-        Ok(Err(_)) => Err(GatewayError::new(
-            ErrorKind::BadRequest,
-            "the request body could not be read",
-        )),
-        Err(_) => Err(GatewayError::new(
-            ErrorKind::BadRequest,
-            "the request body did not arrive within the route's timeout",
-        )),
-    }
+    convert::buffer(body, max_body, timeout)
+        .await
+        .map(Replay::Buffered)
 }
 
 #[cfg(test)]

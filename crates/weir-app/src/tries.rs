@@ -91,7 +91,7 @@ impl<B> Outgoing<B> {
         // The version spoken upstream is the upstream's, whatever the client spoke.
         *req.version_mut() = match protocol {
             Protocol::Http1 => Version::HTTP_11,
-            Protocol::Http2 => Version::HTTP_2,
+            Protocol::Http2 | Protocol::Grpc => Version::HTTP_2,
         };
         Ok(req)
     }

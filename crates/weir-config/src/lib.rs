@@ -23,6 +23,8 @@ mod cache;
 mod checks;
 mod de;
 mod discovery;
+mod grpc;
+mod grpc_route;
 mod idp;
 mod interpolate;
 mod model;
@@ -317,7 +319,20 @@ pub fn load_str_in(
     let consumers = auth::consumers(&cfg.consumers, &mut report);
     let names: Vec<&str> = cfg.upstreams.iter().map(|(n, _)| n.as_str()).collect();
     let provider_names: Vec<&str> = cfg.auth.providers.iter().map(|(n, _)| n.as_str()).collect();
-    let routes = routes::build(&cfg.routes, &names, &provider_names, &mut report);
+    let protocols: Vec<Option<weir_domain::upstream::Protocol>> = upstreams
+        .iter()
+        .map(|u| u.as_ref().map(|u| u.protocol))
+        .collect();
+    let routes = routes::build(
+        &cfg.routes,
+        &routes::Known {
+            upstreams: &names,
+            protocols: &protocols,
+            providers: &provider_names,
+            dir,
+        },
+        &mut report,
+    );
     ratelimit::check_stores(&cfg, &mut report);
 
     if !report.is_clean() {
@@ -353,11 +368,19 @@ pub fn load_str_in(
         .and_then(|r| r.ca_pem.as_deref())
         .map(String::from_utf8_lossy)
         .unwrap_or_default();
+    // A route's descriptors are read at load too: a changed .proto is a new version.
+    let descriptors: String = routes
+        .routes()
+        .iter()
+        .filter_map(|r| r.grpc.as_ref())
+        .map(|g| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &g.descriptors))
+        .collect();
     let version = redact::version(
         &(effective.to_string()
             + &auth::key_material(&auth)
             + &redis_ca
-            + &registries.key_material()),
+            + &registries.key_material()
+            + &descriptors),
     );
     redact::redact(&mut effective);
     Ok(Loaded {

@@ -966,9 +966,29 @@ pub(crate) struct RouteConfig {
     /// another upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fallback: Option<FallbackConfig>,
-    /// REST to gRPC transcoding: not supported yet.
+    /// gRPC on a route to a `protocol: grpc` upstream: REST -> gRPC transcoding from
+    /// `google.api.http` annotations, and gRPC-Web.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) grpc: Unsupported,
+    pub(crate) grpc: Option<GrpcRouteConfig>,
+}
+
+/// `routes[].grpc`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct GrpcRouteConfig {
+    /// An encoded FileDescriptorSet (`protoc --include_imports --descriptor_set_out`,
+    /// `buf build -o`), relative to the config file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) descriptor_set: Option<String>,
+    /// `.proto` files compiled when the config is loaded, relative to the config file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) protos: Vec<String>,
+    /// Where `protos` find their imports, relative to the config file (the config file's
+    /// directory when empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) import_paths: Vec<String>,
+    /// Also accept gRPC-Web (binary and text) and answer it in kind.
+    pub(crate) web: bool,
 }
 
 /// `routes[].cache`.
@@ -1234,9 +1254,9 @@ pub(crate) struct ResponseTransformConfig {
     /// Header changes on the way to the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) headers: Option<HeaderOpsConfig>,
-    /// Body changes: not supported yet.
+    /// JSON body edits on the way to the client.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) body: Unsupported,
+    pub(crate) body: Option<BodyTransformConfig>,
 }
 
 /// `headers` of a request or response transform.
@@ -1277,9 +1297,35 @@ pub(crate) struct RequestTransformConfig {
     /// Query changes before forwarding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) query: Option<QueryOpsConfig>,
-    /// Body changes: not supported yet.
+    /// JSON body edits before forwarding.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) body: Unsupported,
+    pub(crate) body: Option<BodyTransformConfig>,
+}
+
+/// `body` of a request or response transform.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BodyTransformConfig {
+    /// Edits of an `application/json` (or `+json`) body, by JSON Pointer.
+    pub(crate) json: Option<JsonEditsConfig>,
+    /// Refuse a body that is not JSON or is malformed (400 for a request, 502 for a
+    /// response) instead of passing it on untouched.
+    pub(crate) strict: bool,
+}
+
+/// `body.json`: applied `remove`, then `rename`, then `set`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct JsonEditsConfig {
+    /// Places set to a value (any YAML value, taken as JSON), created when missing.
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub(crate) set: OrderedMap<serde_json::Value>,
+    /// Places removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) remove: Vec<String>,
+    /// Places moved: `{ /from: /to }`.
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub(crate) rename: OrderedMap<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -1289,7 +1335,8 @@ pub(crate) struct PathTransformConfig {
     pub(crate) strip_prefix: Option<String>,
     /// Put in front of the path.
     pub(crate) add_prefix: Option<String>,
-    /// Replaces the first match of `regex` by `to` (`$1`, `${name}` refer to groups).
+    /// Replaces the first match of `regex` by `to` (`$1`, `${name}` refer to groups,
+    /// `${path.NAME}` to the route's path parameters).
     pub(crate) rewrite: Option<RewriteConfig>,
 }
 

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use weir_domain::route::{
-    HeaderCondition, HostPattern, MethodSet, PathPattern, PathTransform, Route, RouteAction,
-    RouteMatch, StaticResponse, UpstreamId,
+    HeaderCondition, HostPattern, MethodSet, PathPattern, PathTransform, Rewrite, Route,
+    RouteAction, RouteMatch, StaticResponse, UpstreamId,
 };
 use weir_domain::router::RouteTable;
 
 use crate::access;
-use crate::checks::{duration, header_name, header_value, not_yet, regex, size, unsupported};
+use crate::checks::{duration, header_name, header_value, regex, size};
 use crate::model::{MatchConfig, OrderedMap, RespondConfig, RouteConfig, TransformConfig};
 use crate::node::KeyPath;
 use crate::ratelimit;
@@ -18,10 +18,20 @@ use crate::resilience;
 
 /// Checks every route, then builds the table. The table is built from the routes that are
 /// fine even when others are not, so conflicts between them are reported in the same run.
+/// What routes may refer to.
+pub(crate) struct Known<'a> {
+    /// Upstream names, in file order.
+    pub(crate) upstreams: &'a [&'a str],
+    /// Each upstream's protocol (same order; `None` when it had problems).
+    pub(crate) protocols: &'a [Option<weir_domain::upstream::Protocol>],
+    pub(crate) providers: &'a [&'a str],
+    /// The config file's directory, for relative file names.
+    pub(crate) dir: &'a std::path::Path,
+}
+
 pub(crate) fn build(
     routes: &[Option<RouteConfig>],
-    upstream_names: &[&str],
-    provider_names: &[&str],
+    known: &Known<'_>,
     r: &mut Report<'_>,
 ) -> Option<RouteTable> {
     let list = KeyPath::root().key("routes");
@@ -48,7 +58,7 @@ pub(crate) fn build(
         } else {
             names.push((&cfg.name, i));
         }
-        match route_of(cfg, i, &path, upstream_names, provider_names, r) {
+        match route_of(cfg, i, &path, known, r) {
             Some(route) if ok => {
                 built.push(route);
                 positions.push(i);
@@ -93,12 +103,11 @@ fn route_of(
     cfg: &RouteConfig,
     index: usize,
     path: &KeyPath,
-    upstream_names: &[&str],
-    provider_names: &[&str],
+    known: &Known<'_>,
     r: &mut Report<'_>,
 ) -> Option<Route> {
     let before = r.issues.len();
-    unsupported(r, &path.key("grpc"), &cfg.grpc, &not_yet("grpc"));
+    let (upstream_names, provider_names) = (known.upstreams, known.providers);
     let matcher = matcher(&cfg.matcher, &path.key("match"), r);
     let action = action(cfg, path, upstream_names, r);
     let timeout = match &cfg.timeout {
@@ -110,7 +119,7 @@ fn route_of(
         None => Some(None),
     };
     let path_transform = match &cfg.transform {
-        Some(t) => transform(t, &path.key("transform"), r),
+        Some(t) => transform(t, matcher.as_ref(), &path.key("transform"), r),
         None => Some(PathTransform::default()),
     };
     let transforms = match &cfg.transform {
@@ -120,6 +129,27 @@ fn route_of(
     let access = access::build(cfg, path, provider_names, r);
     let rate_limits = ratelimit::build(&cfg.rate_limit, &path.key("rate_limit"), r);
     let fallback = resilience::fallback(cfg, path, upstream_names, r);
+    let grpc = match &cfg.grpc {
+        Some(g) => {
+            let protocol = action
+                .as_ref()
+                .and_then(|a| match a {
+                    RouteAction::Upstream(id) => known.protocols.get(id.0).copied(),
+                    RouteAction::Respond(_) => None,
+                })
+                .flatten();
+            if matches!(action, Some(RouteAction::Respond(_))) {
+                r.at(
+                    &path.key("grpc"),
+                    "a respond route does not call a gRPC upstream",
+                );
+                None
+            } else {
+                crate::grpc_route::build(g, protocol, known.dir, &path.key("grpc"), r).map(Some)
+            }
+        }
+        None => Some(None),
+    };
     let cache = match &cfg.cache {
         Some(c) => crate::cache::build(c, cfg, &path.key("cache"), r).map(|c| Some(Arc::new(c))),
         None => Some(None),
@@ -141,6 +171,7 @@ fn route_of(
         rate_limits: rate_limits?,
         fallback: fallback?,
         cache: cache?,
+        grpc: grpc?,
     })
 }
 
@@ -335,7 +366,12 @@ pub(crate) fn static_response(
     })
 }
 
-fn transform(t: &TransformConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<PathTransform> {
+fn transform(
+    t: &TransformConfig,
+    matcher: Option<&RouteMatch>,
+    path: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<PathTransform> {
     let Some(request) = &t.request else {
         return Some(PathTransform::default());
     };
@@ -359,7 +395,23 @@ fn transform(t: &TransformConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<
     let add_prefix = prefix("add_prefix", &p.add_prefix);
     let rewrite = match &p.rewrite {
         Some(rw) => match r.check(&at.key("rewrite").key("regex"), regex(&rw.regex)) {
-            Some(re) => Some((re, rw.to.clone())),
+            Some(re) => {
+                let rewrite = Rewrite::new(re, rw.to.clone());
+                let params: Vec<&str> = match matcher.map(|m| &m.path) {
+                    Some(PathPattern::Template(t)) => t.param_names().collect(),
+                    _ => Vec::new(),
+                };
+                for p in rewrite.params() {
+                    if !params.contains(&p) {
+                        r.at(
+                            &at.key("rewrite").key("to"),
+                            format!("`${{path.{p}}}` is not a parameter of the route's path"),
+                        );
+                        ok = false;
+                    }
+                }
+                Some(rewrite)
+            }
             None => {
                 ok = false;
                 None

@@ -3,10 +3,12 @@
 //! parameters of the route's own path template.
 
 use weir_domain::route::{PathPattern, RouteMatch};
-use weir_domain::transform::{HeaderOps, QueryOps, Template, Transforms};
+use weir_domain::transform::{
+    BodyTransform, HeaderOps, JsonEdits, QueryOps, Template, Transforms, parse_pointer,
+};
 
-use crate::checks::{header_name, header_value, unsupported};
-use crate::model::{HeaderOpsConfig, QueryOpsConfig, TransformConfig};
+use crate::checks::{header_name, header_value};
+use crate::model::{BodyTransformConfig, HeaderOpsConfig, QueryOpsConfig, TransformConfig};
 use crate::node::KeyPath;
 use crate::report::Report;
 
@@ -46,12 +48,6 @@ pub(crate) fn build(
     let mut out = Transforms::default();
     if let Some(req) = &t.request {
         let at = path.key("request");
-        unsupported(
-            r,
-            &at.key("body"),
-            &req.body,
-            "request `body` transforms are not supported yet",
-        );
         if let Some(h) = &req.headers {
             out.request_headers =
                 headers(h, &REQUEST_MANAGED, Some(&params), &at.key("headers"), r);
@@ -59,17 +55,17 @@ pub(crate) fn build(
         if let Some(q) = &req.query {
             out.query = query(q, &params, &at.key("query"), r);
         }
+        if let Some(b) = &req.body {
+            out.request_body = body(b, &at.key("body"), r);
+        }
     }
     if let Some(resp) = &t.response {
         let at = path.key("response");
-        unsupported(
-            r,
-            &at.key("body"),
-            &resp.body,
-            "response `body` transforms are not supported yet",
-        );
         if let Some(h) = &resp.headers {
             out.response_headers = headers(h, &RESPONSE_MANAGED, None, &at.key("headers"), r);
+        }
+        if let Some(b) = &resp.body {
+            out.response_body = body(b, &at.key("body"), r);
         }
     }
     (r.issues.len() == before).then_some(out)
@@ -187,4 +183,50 @@ fn template(
         }
     }
     Some(t)
+}
+
+/// `body: { json: { set, remove, rename }, strict }`.
+fn body(c: &BodyTransformConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<BodyTransform> {
+    let Some(json) = &c.json else {
+        r.at(
+            path,
+            "a body transform names its edits under `json` (set, remove, rename)",
+        );
+        return None;
+    };
+    let at = path.key("json");
+    let mut edits = JsonEdits::default();
+    for (i, p) in json.remove.iter().enumerate() {
+        if let Some(p) = r.check(&at.key("remove").index(i), parse_pointer(p.trim())) {
+            edits.remove.push(p);
+        }
+    }
+    for (from, to) in &json.rename.0 {
+        let k = at.key("rename").key(from);
+        let from = r.check(&k, parse_pointer(from.trim()));
+        let to = r.check(&k, parse_pointer(to.trim()));
+        if let (Some(from), Some(to)) = (from, to) {
+            if to.starts_with(&from) {
+                r.at(&k, "a value cannot be renamed to a place inside itself");
+            } else {
+                edits.rename.push((from, to));
+            }
+        }
+    }
+    for (place, value) in &json.set.0 {
+        if let Some(p) = r.check(&at.key("set").key(place), parse_pointer(place.trim())) {
+            edits.set.push((p, value.to_string()));
+        }
+    }
+    if edits.remove.is_empty() && edits.rename.is_empty() && edits.set.is_empty() {
+        r.at(
+            &at,
+            "a JSON body transform needs at least one of set, remove, rename",
+        );
+        return None;
+    }
+    Some(BodyTransform {
+        json: edits,
+        strict: c.strict,
+    })
 }

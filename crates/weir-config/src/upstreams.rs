@@ -93,14 +93,11 @@ fn upstream(
     let protocol = match u.protocol.trim() {
         "http1" => Some(Protocol::Http1),
         "http2" => Some(Protocol::Http2),
-        "grpc" => {
-            r.at(&path.key("protocol"), "protocol grpc is not supported yet");
-            None
-        }
+        "grpc" => Some(Protocol::Grpc),
         other => {
             r.at(
                 &path.key("protocol"),
-                format!("\"{other}\" is not one of http1, http2"),
+                format!("\"{other}\" is not one of http1, http2, grpc"),
             );
             None
         }

@@ -406,8 +406,81 @@ pub enum Fallback {
 #[derive(Clone, Debug, Default)]
 pub struct PathTransform {
     pub strip_prefix: Option<String>,
-    pub rewrite: Option<(Regex, String)>,
+    pub rewrite: Option<Rewrite>,
     pub add_prefix: Option<String>,
+}
+
+/// `rewrite: { regex, to }`: `to` may use the regex's captures (`$1`, `${name}`) and the
+/// route's path parameters (`${path.NAME}`).
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    pub regex: Regex,
+    /// `to` as written.
+    pub to: String,
+    /// `to` split at its `${path.NAME}` variables, or `None` when it has none.
+    pieces: Option<Vec<RewritePiece>>,
+}
+
+#[derive(Clone, Debug)]
+enum RewritePiece {
+    /// Replacement text in the regex crate's syntax (captures expanded by it).
+    Text(String),
+    Param(String),
+}
+
+impl Rewrite {
+    #[must_use]
+    pub fn new(regex: Regex, to: String) -> Self {
+        let mut pieces = Vec::new();
+        let mut rest = to.as_str();
+        // Capture names cannot hold a `.`, so `${path.x}` never means a capture.
+        while let Some(at) = rest.find("${path.") {
+            let after = &rest[at + 7..];
+            let Some(end) = after.find('}') else { break };
+            pieces.push(RewritePiece::Text(rest[..at].to_owned()));
+            pieces.push(RewritePiece::Param(after[..end].to_owned()));
+            rest = &after[end + 1..];
+        }
+        let pieces = (!pieces.is_empty()).then(|| {
+            pieces.push(RewritePiece::Text(rest.to_owned()));
+            pieces
+        });
+        Self { regex, to, pieces }
+    }
+
+    /// The path parameters `to` names.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.pieces.iter().flatten().filter_map(|p| match p {
+            RewritePiece::Param(name) => Some(name.as_str()),
+            RewritePiece::Text(_) => None,
+        })
+    }
+
+    /// The rewritten path, or `None` when the regex does not match.
+    fn apply(&self, path: &str, params: &[(&str, String)]) -> Option<String> {
+        let to = match &self.pieces {
+            None => std::borrow::Cow::Borrowed(self.to.as_str()),
+            Some(pieces) => {
+                let mut to = String::new();
+                for piece in pieces {
+                    match piece {
+                        RewritePiece::Text(t) => to.push_str(t),
+                        RewritePiece::Param(name) => {
+                            if let Some((_, v)) = params.iter().find(|(n, _)| n == name) {
+                                // A `$` in a value is text, not a capture reference.
+                                to.push_str(&v.replace('$', "$$"));
+                            }
+                        }
+                    }
+                }
+                std::borrow::Cow::Owned(to)
+            }
+        };
+        match self.regex.replace(path, to.as_ref()) {
+            std::borrow::Cow::Owned(s) => Some(s),
+            std::borrow::Cow::Borrowed(_) => None,
+        }
+    }
 }
 
 impl PathTransform {
@@ -416,10 +489,24 @@ impl PathTransform {
         self.strip_prefix.is_none() && self.rewrite.is_none() && self.add_prefix.is_none()
     }
 
+    /// Whether the rewrite names the route's path parameters.
+    #[must_use]
+    pub fn reads_params(&self) -> bool {
+        self.rewrite
+            .as_ref()
+            .is_some_and(|r| r.params().next().is_some())
+    }
+
     /// Applies the transform to a normalized path. Stripping stops at a segment boundary, and
     /// the result always starts with `/`.
     #[must_use]
     pub fn apply(&self, path: &str) -> String {
+        self.apply_with(path, &[])
+    }
+
+    /// [`Self::apply`] with the route's path parameters, for a rewrite that names them.
+    #[must_use]
+    pub fn apply_with(&self, path: &str, params: &[(&str, String)]) -> String {
         let mut out: String = path.to_owned();
         if let Some(prefix) = &self.strip_prefix
             && prefix != "/"
@@ -430,8 +517,8 @@ impl PathTransform {
                 out.insert(0, '/');
             }
         }
-        if let Some((regex, to)) = &self.rewrite {
-            if let std::borrow::Cow::Owned(rewritten) = regex.replace(&out, to.as_str()) {
+        if let Some(rewrite) = &self.rewrite {
+            if let Some(rewritten) = rewrite.apply(&out, params) {
                 out = rewritten;
             }
             if !out.starts_with('/') {
@@ -473,6 +560,8 @@ pub struct Route {
     /// Shared, so a request on its way to the upstream (or a background refresh) holds it
     /// without a copy.
     pub cache: Option<std::sync::Arc<crate::cache::CacheSpec>>,
+    /// `grpc`: REST -> gRPC transcoding and gRPC-Web; `None` when off.
+    pub grpc: Option<std::sync::Arc<crate::grpc::GrpcSpec>>,
 }
 
 /// A route's edge policies, in the order they run: IP lists, CORS, authentication.
@@ -515,10 +604,38 @@ mod tests {
     fn path_transform_order_is_strip_rewrite_add() {
         let t = PathTransform {
             strip_prefix: Some("/v2".into()),
-            rewrite: Some((Regex::new(r"^/orders/(\d+)$").unwrap(), "/o/$1".into())),
+            rewrite: Some(Rewrite::new(
+                Regex::new(r"^/orders/(\d+)$").unwrap(),
+                "/o/$1".into(),
+            )),
             add_prefix: Some("/internal".into()),
         };
         assert_eq!(t.apply("/v2/orders/5"), "/internal/o/5");
+        let params = PathTransform {
+            rewrite: Some(Rewrite::new(
+                Regex::new(r"^/u/(?<rest>.*)$").unwrap(),
+                "/t/${path.tenant}/${rest}/$$".into(),
+            )),
+            ..Default::default()
+        };
+        assert!(params.reads_params());
+        assert_eq!(
+            params
+                .rewrite
+                .as_ref()
+                .unwrap()
+                .params()
+                .collect::<Vec<_>>(),
+            ["tenant"]
+        );
+        assert_eq!(
+            params.apply_with("/u/x/y", &[("tenant", "a$1".to_owned())]),
+            "/t/a$1/x/y/$"
+        );
+        assert_eq!(
+            params.apply_with("/other", &[("tenant", "a".to_owned())]),
+            "/other"
+        );
         assert_eq!(t.apply("/v2"), "/internal");
         let strip = PathTransform {
             strip_prefix: Some("/api".into()),

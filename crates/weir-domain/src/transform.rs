@@ -264,15 +264,74 @@ fn encode(bytes: &[u8], out: &mut String) {
     }
 }
 
+/// A JSON Pointer (RFC 6901) as its unescaped reference tokens: `/a~1b/0` is `["a/b", "0"]`.
+pub type Pointer = Vec<String>;
+
+/// Parses a JSON Pointer. The whole document (`""`) is not a place a transform can edit.
+///
+/// # Errors
+/// Not starting with `/`, or a `~` not followed by `0` or `1`, in words for a config problem.
+pub fn parse_pointer(text: &str) -> Result<Pointer, String> {
+    let Some(rest) = text.strip_prefix('/') else {
+        return Err(format!(
+            "\"{text}\" is not a JSON Pointer (it starts with `/`, as in /meta/source)"
+        ));
+    };
+    rest.split('/')
+        .map(|token| {
+            let mut out = String::with_capacity(token.len());
+            let mut chars = token.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '~') {
+                    (_, false) => out.push(c),
+                    (_, true) => match chars.next() {
+                        Some('0') => out.push('~'),
+                        Some('1') => out.push('/'),
+                        _ => {
+                            return Err(format!(
+                                "\"{text}\": `~` in a JSON Pointer is `~0` (a ~) or `~1` (a /)"
+                            ));
+                        }
+                    },
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// JSON body edits, applied in this order: `remove`, then `rename` (the value moves, the
+/// places on the way created as objects), then `set` (replacing, the places on the way
+/// created as objects). A pointer that names nothing is left alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JsonEdits {
+    pub remove: Vec<Pointer>,
+    pub rename: Vec<(Pointer, Pointer)>,
+    /// Each place and its value as JSON text (checked at load).
+    pub set: Vec<(Pointer, String)>,
+}
+
+/// `transform.request.body` or `transform.response.body`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodyTransform {
+    pub json: JsonEdits,
+    /// A request body that is not JSON (or is malformed) is refused with 400 instead of being
+    /// passed on untouched.
+    pub strict: bool,
+}
+
 /// `transform.request` beyond the path, and `transform.response`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Transforms {
     pub request_headers: HeaderOps,
     pub query: QueryOps,
+    pub request_body: Option<BodyTransform>,
     pub response_headers: HeaderOps,
+    pub response_body: Option<BodyTransform>,
 }
 
 impl Transforms {
+    /// Whether the header and query changes are empty (bodies are edited by an adapter).
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.request_headers.is_empty() && self.query.is_empty() && self.response_headers.is_empty()
@@ -370,6 +429,15 @@ mod tests {
             Some("keep=1&de%6=2&source=gateway&who=acme%20%26%20co")
         );
         assert!(decoded_eq("a+b", "a b"));
+    }
+
+    #[test]
+    fn pointers() {
+        assert_eq!(parse_pointer("/a~1b/0/~0x").unwrap(), ["a/b", "0", "~x"]);
+        assert_eq!(parse_pointer("/").unwrap(), [""]);
+        assert!(parse_pointer("a/b").unwrap_err().contains("starts with"));
+        assert!(parse_pointer("").is_err());
+        assert!(parse_pointer("/a~2").unwrap_err().contains("~0"));
         assert!(!decoded_eq("ab", "abc"));
     }
 }

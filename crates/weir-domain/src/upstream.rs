@@ -18,6 +18,17 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 with prior knowledge (h2c) to plain targets.
     Http2,
+    /// gRPC: HTTP/2 as for `Http2`, with `TE: trailers` kept and weir's own errors answered
+    /// in gRPC form.
+    Grpc,
+}
+
+impl Protocol {
+    /// Whether requests go over HTTP/2.
+    #[must_use]
+    pub const fn is_http2(self) -> bool {
+        matches!(self, Self::Http2 | Self::Grpc)
+    }
 }
 
 /// `http://host:port` split once at load.

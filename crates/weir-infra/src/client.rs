@@ -167,7 +167,7 @@ impl UpstreamClient {
     {
         match self.protocol {
             Protocol::Http1 => self.send_h1(pool, req).await,
-            Protocol::Http2 => self.send_h2(pool, req).await,
+            Protocol::Http2 | Protocol::Grpc => self.send_h2(pool, req).await,
         }
     }
 

@@ -57,9 +57,16 @@ impl<B: HttpBody + Unpin> HttpBody for CountingBody<B> {
     }
 }
 
+/// The error a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 enum Inner {
     Upstream(PooledBody<UpstreamBody>),
     Full(Option<Bytes>),
+    /// Bytes already read, then the rest of the body they came from.
+    Prefixed(Option<Bytes>, Box<Body>),
+    /// A body weir converts as it streams (gRPC transcoding, gRPC-Web).
+    Converted(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
 }
 
 /// What to record when the response is done.
@@ -125,6 +132,28 @@ impl Body {
         }
     }
 
+    /// `prefix`, then the rest of `rest`.
+    #[must_use]
+    pub fn prefixed(prefix: Bytes, rest: Self) -> Self {
+        Self {
+            inner: Inner::Prefixed(Some(prefix), Box::new(rest)),
+            bytes_out: 0,
+            finish: None,
+        }
+    }
+
+    #[must_use]
+    pub fn converted<B>(b: B) -> Self
+    where
+        B: HttpBody<Data = Bytes, Error = BoxError> + Send + 'static,
+    {
+        Self {
+            inner: Inner::Converted(http_body_util::BodyExt::boxed_unsync(b)),
+            bytes_out: 0,
+            finish: None,
+        }
+    }
+
     pub fn set_finish(&mut self, finish: Box<Finish>) {
         self.finish = Some(finish);
     }
@@ -132,15 +161,20 @@ impl Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = match &mut self.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Prefixed(prefix, rest) => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
+            Inner::Converted(b) => Pin::new(b).poll_frame(cx),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(d) = frame.data_ref()
@@ -155,6 +189,8 @@ impl HttpBody for Body {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
             Inner::Full(b) => b.is_none(),
+            Inner::Prefixed(prefix, rest) => prefix.is_none() && rest.is_end_stream(),
+            Inner::Converted(b) => b.is_end_stream(),
         }
     }
 
@@ -162,6 +198,8 @@ impl HttpBody for Body {
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Prefixed(..) => SizeHint::default(),
+            Inner::Converted(b) => b.size_hint(),
         }
     }
 }

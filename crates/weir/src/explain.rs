@@ -103,8 +103,8 @@ fn steps(
             if let Some(p) = &t.strip_prefix {
                 out.push(format!("path.strip_prefix {p}"));
             }
-            if let Some((re, to)) = &t.rewrite {
-                out.push(format!("path.rewrite {} -> {to}", re.as_str()));
+            if let Some(rw) = &t.rewrite {
+                out.push(format!("path.rewrite {} -> {}", rw.regex.as_str(), rw.to));
             }
             if let Some(p) = &t.add_prefix {
                 out.push(format!("path.add_prefix {p}"));
@@ -141,6 +141,41 @@ fn steps(
                         .collect::<Vec<_>>()
                         .join(" ")
                 ));
+            }
+            for (what, body) in [
+                ("request", &tf.request_body),
+                ("response", &tf.response_body),
+            ] {
+                if let Some(b) = body {
+                    out.push(format!(
+                        "{what}.body.json remove {} rename {} set {}{}",
+                        b.json.remove.len(),
+                        b.json.rename.len(),
+                        b.json.set.len(),
+                        if b.strict { " (strict)" } else { "" }
+                    ));
+                }
+            }
+            if let Some(g) = &route.grpc {
+                if g.web {
+                    out.push("grpc-web -> grpc (binary and text)".to_owned());
+                }
+                if !g.rules.is_empty() {
+                    out.push(format!("grpc transcoding from {}", g.source));
+                    for rule in &g.rules {
+                        let streaming = if rule.server_streaming {
+                            " (server stream: JSON array or NDJSON)"
+                        } else {
+                            ""
+                        };
+                        out.push(format!(
+                            "  {} {} -> {}{streaming}",
+                            rule.http_method,
+                            rule.template.as_str(),
+                            rule.grpc_path
+                        ));
+                    }
+                }
             }
             let mut skipped = vec!["unhealthy"];
             if u.passive.is_some() {

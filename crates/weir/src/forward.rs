@@ -59,6 +59,7 @@ impl Forwarder<UpstreamBody> for Forward {
         timeout: Duration,
     ) -> Result<Response<Self::ResBody>, ForwardError> {
         let start = Instant::now();
+        let tripped = req.body().tripped();
         let sent = tokio::time::timeout(timeout, self.client.send(&conn.pool, req)).await;
         let result = match sent {
             Err(_) => Err(ForwardError::Timeout),
@@ -70,7 +71,12 @@ impl Forwarder<UpstreamBody> for Forward {
                 return Ok(resp);
             }
             Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(Box::new(e))),
-            Ok(Err(e)) if is_body_too_large(&e) => return Err(ForwardError::BodyTooLarge),
+            // The client's body passed the limit: not the target's failure.
+            Ok(Err(e))
+                if is_body_too_large(&e) || tripped.is_some_and(|t| t.load(Ordering::Relaxed)) =>
+            {
+                return Err(ForwardError::BodyTooLarge);
+            }
             Ok(Err(e)) => Err(ForwardError::Other(Box::new(e))),
         };
         let reason = match &result {

@@ -7,12 +7,15 @@
 
 pub mod activity;
 pub mod admin;
+pub mod bodies;
 pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod discovery;
 pub mod explain;
 pub mod forward;
+pub mod grpc;
+pub mod grpc_web;
 pub mod logging;
 pub mod problem;
 pub mod server;
@@ -20,6 +23,7 @@ pub mod service;
 pub mod signals;
 pub mod snapshot;
 pub mod start;
+pub mod transcode;
 pub mod upstream_view;
 
 pub use start::{Running, StartError, start};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -15,14 +16,21 @@ use weir_app::request_id;
 use weir_infra::metrics::method_index;
 
 use crate::body::{Body, CountingBody, Finish, LogParts};
-use crate::problem;
 use crate::server::Shared;
+use crate::{grpc, problem};
 
 /// Handles one request. Never fails: every error is already a response.
 pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) -> Response<Body> {
     let start = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let method_index = method_index(req.method());
+    let grpc_client = grpc::Client::of(req.headers());
+    let head_request = req.method() == http::Method::HEAD;
+    // Every error in the form the client reads.
+    let fail = |err: &weir_app::GatewayError, request_id: &http::HeaderValue| match grpc_client {
+        Some(client) => grpc::error_response(err, client),
+        None => problem::response(err, request_id),
+    };
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if request_id::is_well_formed(v) => v.clone(),
         _ => request_id::generate(),
@@ -56,7 +64,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
                         weir_domain::ErrorKind::BadGateway,
                         "the upstream switched protocols unasked",
                     );
-                    problem::response(&err, &exchange.request_id)
+                    fail(&err, &exchange.request_id)
                 }
                 (switching, client) => {
                     if let Some(client) = client.filter(|_| switching) {
@@ -70,7 +78,23 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
                     // an HTTP/1.0 upstream must not turn a keep-alive client into a closing one.
                     *resp.version_mut() = client_version;
                     in_flight = Some(guard);
-                    resp.map(Body::upstream)
+                    if let Some(client) = grpc_client
+                        && let Some(err) = grpc::upstream_failure(&resp)
+                    {
+                        // An HTTP error from something that is not a gRPC server (a proxy,
+                        // a wrong port): the client still gets a gRPC status.
+                        grpc::error_response(&err, client)
+                    } else {
+                        let resp = resp.map(Body::upstream);
+                        match exchange.route {
+                            Some(r) => {
+                                snapshot.bodies[r]
+                                    .respond(resp, &exchange, head_request)
+                                    .await
+                            }
+                            None => resp,
+                        }
+                    }
                 }
             }
         }
@@ -83,14 +107,31 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
                     gateway.revalidate::<CountingBody<Incoming>>(refresh).await;
                 });
             }
-            let (status, headers) = cached.head(weir_app::cache::unix_ms());
-            let mut resp = Response::new(Body::full(cached.body()));
-            *resp.status_mut() = status;
-            *resp.headers_mut() = headers;
-            snapshot
-                .gateway
-                .transform_response(&exchange, resp.headers_mut());
-            resp
+            let (status, mut headers) = cached.head(weir_app::cache::unix_ms());
+            let body = match exchange
+                .route
+                .and_then(|r| snapshot.bodies[r].response_json.as_ref())
+            {
+                Some(json) => {
+                    // A HEAD's headers describe the GET's edited body: edit it, send none.
+                    let (stored, head_only) = cached.stored_body();
+                    json.edit_full(status, &mut headers, stored, false)
+                        .map(|b| if head_only { Bytes::new() } else { b })
+                }
+                None => Ok(cached.body()),
+            };
+            match body {
+                Ok(body) => {
+                    let mut resp = Response::new(Body::full(body));
+                    *resp.status_mut() = status;
+                    *resp.headers_mut() = headers;
+                    snapshot
+                        .gateway
+                        .transform_response(&exchange, resp.headers_mut());
+                    resp
+                }
+                Err(err) => fail(&err, &exchange.request_id),
+            }
         }
         Ok(Outcome::Preflight(headers)) => {
             let mut resp = Response::new(Body::empty());
@@ -101,7 +142,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
                 .transform_response(&exchange, resp.headers_mut());
             resp
         }
-        Err(err) => problem::response(&err, &exchange.request_id),
+        Err(err) => fail(&err, &exchange.request_id),
     };
     snapshot
         .gateway

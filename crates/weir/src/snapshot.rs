@@ -17,6 +17,7 @@ use weir_infra::client::UpstreamClient;
 use weir_infra::health::Checks;
 use weir_infra::metrics::{RouteMetrics, UpstreamMetrics};
 
+use crate::bodies::RouteBodies;
 use crate::cache::Caches;
 use crate::forward::{Auth, Forward, Shared};
 
@@ -43,6 +44,8 @@ pub struct Snapshot {
     pub replies: Vec<Option<StaticReply>>,
     /// Per route, its static `fallback` when it has one.
     pub fallbacks: Vec<Option<StaticReply>>,
+    /// Per route, what it does to bodies.
+    pub bodies: Vec<RouteBodies>,
     pub access_log: Option<AccessLog>,
     pub effective: serde_json::Value,
     pub version: String,
@@ -85,6 +88,16 @@ impl Snapshot {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let bodies = routes
+            .routes()
+            .iter()
+            .map(|r| RouteBodies::build(r, settings.limits.max_body_bytes))
+            .collect::<Result<Vec<_>, String>>()?;
+        let converters = if bodies.iter().any(|b| b.request.is_some()) {
+            bodies.iter().map(|b| b.request.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let route_names = routes
             .routes()
             .iter()
@@ -130,6 +143,7 @@ impl Snapshot {
             trusted_proxies: settings.trusted_proxies.clone(),
             max_header_bytes: settings.limits.max_header_bytes,
             max_body_bytes: settings.limits.max_body_bytes,
+            converters,
         })?);
         // Probes follow the targets as discovery changes them; a weak handle, so the
         // tasks never keep an old generation alive.
@@ -150,6 +164,7 @@ impl Snapshot {
             upstream_names,
             replies,
             fallbacks,
+            bodies,
             access_log,
             effective,
             version,

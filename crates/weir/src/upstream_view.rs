@@ -59,7 +59,7 @@ pub fn json(snap: &Snapshot) -> Value {
                         at => json!(now.saturating_sub(at)),
                     },
                 },
-                "protocol": match u.protocol { Protocol::Http1 => "http1", Protocol::Http2 => "http2" },
+                "protocol": match u.protocol { Protocol::Http1 => "http1", Protocol::Http2 => "http2", Protocol::Grpc => "grpc" },
                 "timeouts_ms": {
                     "connect": u.timeouts.connect.as_millis() as u64,
                     "request": u.timeouts.request.as_millis() as u64,

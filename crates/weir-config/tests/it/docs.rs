@@ -110,9 +110,6 @@ const NOT_SUPPORTED_YET: &[&str] = &[
     "watch",
     "observability.tracing",
     "upstreams.<name>.tls",
-    "routes[].grpc",
-    "routes[].transform.request.body",
-    "routes[].transform.response.body",
 ];
 
 /// Maps whose keys are names the user chose.

@@ -441,4 +441,58 @@ fn transforms_example() {
     assert_eq!(t.request_headers.remove, ["cookie"]);
     assert_eq!(t.query.remove, ["debug"]);
     assert_eq!(t.response_headers.remove, ["server", "x-powered-by"]);
+    let tenant = &l.routes.routes()[1];
+    assert_eq!(
+        tenant.path_transform.apply_with(
+            "/v2/tenants/acme/orders/7",
+            &[("tenant", "acme".to_owned())]
+        ),
+        "/acme/orders/7"
+    );
+    let body = tenant.transforms.request_body.as_ref().unwrap();
+    assert!(body.strict);
+    assert_eq!(body.json.remove, [vec!["internal".to_owned()]]);
+    assert_eq!(
+        body.json.set,
+        [
+            (
+                vec!["meta".to_owned(), "via".to_owned()],
+                "\"weir\"".to_owned()
+            ),
+            (
+                vec!["meta".to_owned(), "version".to_owned()],
+                "2".to_owned()
+            ),
+        ]
+    );
+    let resp = tenant.transforms.response_body.as_ref().unwrap();
+    assert_eq!(
+        resp.json.remove,
+        [vec!["customer".to_owned(), "ssn".to_owned()]]
+    );
+}
+
+#[test]
+fn grpc_example() {
+    let l = example("grpc.yaml");
+    let routes = l.routes.routes();
+    let native = routes[0].grpc.as_ref().unwrap();
+    assert!(native.web);
+    assert!(native.rules.is_empty());
+    let rest = routes[1].grpc.as_ref().unwrap();
+    assert!(!rest.web);
+    let (rule, bindings) = rest.find("GET", "/v1/orders/42").unwrap();
+    assert_eq!(rest.rules[rule].grpc_path, "/weir.test.v1.Orders/GetOrder");
+    assert_eq!(bindings[0].value, "42");
+    let (rule, _) = rest.find("PUT", "/v1/orders/7").unwrap();
+    assert_eq!(
+        rest.rules[rule].grpc_path,
+        "/weir.test.v1.Orders/UpdateOrder"
+    );
+    let (rule, _) = rest.find("GET", "/v1/orders").unwrap();
+    assert!(rest.rules[rule].server_streaming);
+    assert_eq!(
+        l.upstreams[0].protocol,
+        weir_domain::upstream::Protocol::Grpc
+    );
 }

@@ -302,7 +302,7 @@ upstreams:
             "weir.yaml:7:16: upstreams.bad.targets[2].url: https:// targets need upstream TLS, which is not supported yet",
             "weir.yaml:8:16: upstreams.bad.targets[3].url: duplicate target http://10.0.0.2:80 (also targets[1])",
             "weir.yaml:9:21: upstreams.bad.load_balancing: \"fastest\" is not one of round_robin, weighted, least_connections, p2c, consistent_hash",
-            "weir.yaml:10:15: upstreams.bad.protocol: \"http3\" is not one of http1, http2",
+            "weir.yaml:10:15: upstreams.bad.protocol: \"http3\" is not one of http1, http2, grpc",
             "weir.yaml:11:26: upstreams.bad.timeouts.connect: must be longer than 0",
             "weir.yaml:15:15: upstreams.hashed.hash_key: \"query:x\" is not one of header:NAME, cookie:NAME, ip, path",
             "weir.yaml:18:15: upstreams.misplaced.hash_key: hash_key is used only by load_balancing: consistent_hash",
@@ -359,16 +359,14 @@ upstreams:
   users:
     discovery: { etcd: { prefix: /weir/users/ } }
     tls: {}
-    protocol: grpc
     rate_limit: [{ key: global, limit: 100, per: 1s, store: redis }]
 routes:
   - name: r
     upstream: users
     rate_limit: [{ key: ip, limit: 10, per: 1s, store: redis, on_error: deny }]
     cache: {}
-    grpc: {}
     transform:
-      request: { headers: {}, query: {}, body: {} }
+      request: { headers: {}, query: {} }
       response: {}
 ";
     let p = problems(yaml);
@@ -377,9 +375,6 @@ routes:
         "weir.yaml:5:8: watch: `watch: true` is not supported yet (reload with SIGHUP or POST /reload)",
         "weir.yaml:7:3: observability.tracing: `tracing` is not supported yet",
         "weir.yaml:14:5: upstreams.users.tls: upstream `tls` is not supported yet",
-        "weir.yaml:15:15: upstreams.users.protocol: protocol grpc is not supported yet",
-        "weir.yaml:22:5: routes[0].grpc: `grpc` is not supported yet",
-        "weir.yaml:24:42: routes[0].transform.request.body: request `body` transforms are not supported yet",
     ];
     assert_eq!(p, expected);
 }

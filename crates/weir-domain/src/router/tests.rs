@@ -103,6 +103,7 @@ fn table(specs: Vec<R>) -> RouteTable {
             rate_limits: Vec::new(),
             fallback: None,
             cache: None,
+            grpc: None,
             transforms: Default::default(),
         })
         .collect();
@@ -273,6 +274,7 @@ fn conflicts_are_reported() {
                 rate_limits: Vec::new(),
                 fallback: None,
                 cache: None,
+                grpc: None,
                 transforms: Default::default(),
             })
             .collect();

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod dns;
 pub mod etcd;
 pub mod faults;
+pub mod grpc;
 pub mod idp;
 pub mod limits;
 mod process;
