@@ -12,6 +12,7 @@ use weir_domain::ErrorKind;
 use weir_domain::auth::{
     AuthFailure, CorsPolicy, Principal, Provider, ProviderId, ProviderKind, RouteAuth, Verdict,
 };
+use weir_domain::percent;
 use weir_domain::route::{MethodSet, Route};
 
 use crate::error::GatewayError;
@@ -191,33 +192,13 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
     if !v.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(v);
     }
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-const fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let form = percent::Decoding {
+        plus_is_space: true,
+        lenient: true,
+        ..Default::default()
+    };
+    let decoded = percent::decode(v.as_bytes(), form).unwrap_or_default();
+    Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
 }
 
 /// Removes every `X-Consumer*` header a client sent: only weir says who the caller is.

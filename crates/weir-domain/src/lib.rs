@@ -20,6 +20,7 @@ pub mod limiter;
 pub mod net;
 pub mod outlier;
 pub mod path;
+pub mod percent;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;

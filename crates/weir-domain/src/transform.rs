@@ -255,13 +255,11 @@ fn decoded_eq(raw: &str, name: &str) -> bool {
 
 /// Percent-encodes what a query value cannot carry as is.
 fn encode(bytes: &[u8], out: &mut String) {
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"-._~!$'()*,;:@/?".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
+    crate::percent::encode(
+        bytes,
+        |b| b.is_ascii_alphanumeric() || b"-._~!$'()*,;:@/?".contains(&b),
+        out,
+    );
 }
 
 /// A JSON Pointer (RFC 6901) as its unescaped reference tokens: `/a~1b/0` is `["a/b", "0"]`.

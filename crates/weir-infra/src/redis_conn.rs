@@ -234,25 +234,12 @@ fn password_of(url: &str) -> Vec<String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            )
-        {
-            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let lenient = weir_domain::percent::Decoding {
+        lenient: true,
+        ..Default::default()
+    };
+    let decoded = weir_domain::percent::decode(s.as_bytes(), lenient).unwrap_or_default();
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// The text with every secret replaced by `***`.

@@ -7,6 +7,7 @@ use http::{Response, StatusCode};
 use weir_app::GatewayError;
 use weir_domain::ErrorKind;
 use weir_domain::grpc::code_for_http;
+use weir_domain::percent;
 
 use crate::body::Body;
 
@@ -111,19 +112,13 @@ pub fn upstream_failure<B>(resp: &Response<B>) -> Option<GatewayError> {
 /// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%` itself.
 fn encode_message(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    for &b in message.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-    }
+    percent::encode(
+        message.as_bytes(),
+        |b| (0x20..=0x7e).contains(&b) && b != b'%',
+        &mut out,
+    );
     out
 }
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

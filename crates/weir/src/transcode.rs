@@ -18,6 +18,7 @@ use weir_app::convert::Outbound;
 use weir_app::headers::GRPC_TIMEOUT;
 use weir_domain::ErrorKind;
 use weir_domain::grpc::{code_name, http_status};
+use weir_domain::percent;
 use weir_infra::grpc::{ResponseDecoder, Transcoder};
 
 use crate::body::{Body, BoxError};
@@ -216,27 +217,14 @@ impl Status {
     }
 }
 
+/// `grpc-message` as text: percent-decoded, a malformed escape kept as written.
 fn percent_decode(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let lenient = percent::Decoding {
+        lenient: true,
+        ..Default::default()
+    };
+    let decoded = percent::decode(bytes, lenient).unwrap_or_default();
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// The upstream's frames as JSON, as they arrive.

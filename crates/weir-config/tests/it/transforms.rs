@@ -7,7 +7,7 @@ fn config(transform: &str) -> String {
     format!(
         "\
 upstreams:
-  be: {{ targets: [{{ url: 'http://127.0.0.1:9000' }}] }}
+  be: {{ targets: [{{ url: 'http://be.invalid' }}] }}
 routes:
   - name: r
     match: {{ path: '/items/{{id}}' }}

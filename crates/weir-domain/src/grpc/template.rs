@@ -313,35 +313,11 @@ fn percent_decode(raw: &str, keep_slash: bool) -> Option<String> {
     if !raw.contains('%') {
         return Some(raw.to_owned());
     }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hi = hex(*bytes.get(i + 1)?)?;
-            let lo = hex(*bytes.get(i + 2)?)?;
-            let b = hi << 4 | lo;
-            if keep_slash && b == b'/' {
-                out.extend_from_slice(&bytes[i..i + 3]);
-            } else {
-                out.push(b);
-            }
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let how = crate::percent::Decoding {
+        keep_slash,
+        ..Default::default()
+    };
+    String::from_utf8(crate::percent::decode(raw.as_bytes(), how).ok()?).ok()
 }
 
 #[cfg(test)]

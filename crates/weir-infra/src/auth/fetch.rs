@@ -16,6 +16,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
+use weir_domain::percent;
 use weir_domain::upstream::Protocol;
 
 use super::tls::{self, HttpsClient};
@@ -208,19 +209,9 @@ impl FailureLog {
 /// everything else is percent-encoded (a space too, which is always accepted).
 pub(crate) fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-    }
+    percent::encode(value.as_bytes(), percent::unreserved, &mut out);
     out
 }
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 #[cfg(test)]
 mod tests {

@@ -213,28 +213,13 @@ fn form_decode(text: &str) -> Result<String, TranscodeError> {
     if !text.contains(['%', '+']) {
         return Ok(text.to_owned());
     }
-    let bad = || TranscodeError::BadQuery(format!("'{text}' has a malformed percent-encoding"));
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let digit = |j: usize| {
-                    bytes
-                        .get(j)
-                        .and_then(|&b| char::from(b).to_digit(16))
-                        .ok_or_else(bad)
-                };
-                let byte = digit(i + 1)? << 4 | digit(i + 2)?;
-                out.push(u8::try_from(byte).map_err(|_| bad())?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out)
+    let form = weir_domain::percent::Decoding {
+        plus_is_space: true,
+        ..Default::default()
+    };
+    let bytes = weir_domain::percent::decode(text.as_bytes(), form).map_err(|_| {
+        TranscodeError::BadQuery(format!("'{text}' has a malformed percent-encoding"))
+    })?;
+    String::from_utf8(bytes)
         .map_err(|_| TranscodeError::BadQuery(format!("'{text}' is not UTF-8 once decoded")))
 }

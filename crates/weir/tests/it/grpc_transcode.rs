@@ -502,7 +502,7 @@ fn a_grpc_route_needs_a_grpc_upstream() {
     // Line numbers matter: keep the text as it is.
     let text = format!(
         "upstreams:
-  web: {{ targets: [{{ url: 'http://127.0.0.1:9' }}] }}
+  web: {{ targets: [{{ url: 'http://grpc.invalid' }}] }}
 routes:
   - name: rest
     match: {{ prefix: /v1/orders }}
@@ -522,7 +522,7 @@ fn descriptor_set_and_protos_exclude_each_other() {
     let file = descriptor_file(&dir, weir_test_grpc::DESCRIPTOR_SET);
     let text = format!(
         "upstreams:
-  svc: {{ protocol: grpc, targets: [{{ url: 'http://127.0.0.1:9' }}] }}
+  svc: {{ protocol: grpc, targets: [{{ url: 'http://grpc.invalid' }}] }}
 routes:
   - name: rest
     match: {{ prefix: /v1/orders }}
@@ -546,7 +546,7 @@ fn a_proto_syntax_error_names_the_file_line_and_column() {
     );
     let text = format!(
         "upstreams:
-  svc: {{ protocol: grpc, targets: [{{ url: 'http://127.0.0.1:9' }}] }}
+  svc: {{ protocol: grpc, targets: [{{ url: 'http://grpc.invalid' }}] }}
 routes:
   - name: rest
     match: {{ prefix: /v1 }}
@@ -603,7 +603,7 @@ fn a_descriptor_set_without_http_annotations_is_refused() {
     std::fs::write(&file, plain_descriptor_set()).unwrap();
     let text = format!(
         "upstreams:
-  svc: {{ protocol: grpc, targets: [{{ url: 'http://127.0.0.1:9' }}] }}
+  svc: {{ protocol: grpc, targets: [{{ url: 'http://grpc.invalid' }}] }}
 routes:
   - name: rest
     match: {{ prefix: /v1 }}
@@ -622,7 +622,7 @@ routes:
 
     // `grpc` with nothing to transcode and no gRPC-Web has no purpose.
     let empty = "upstreams:
-  svc: { protocol: grpc, targets: [{ url: 'http://127.0.0.1:9' }] }
+  svc: { protocol: grpc, targets: [{ url: 'http://grpc.invalid' }] }
 routes:
   - name: rest
     match: { prefix: /v1 }

@@ -1085,7 +1085,7 @@ fn problems(text: &str) -> Vec<String> {
 
 /// Line numbers matter here: keep the text as it is.
 const BAD: &str = r"upstreams:
-  be: { targets: [{ url: 'http://127.0.0.1:9000' }] }
+  be: { targets: [{ url: 'http://be.invalid' }] }
 routes:
   - name: r
     match: { path: '/users/{id}' }
@@ -1185,7 +1185,7 @@ fn weir_validate_prints_a_body_problem_with_its_location() {
     let dir = TempDir::new("body-validate");
     dir.write(
         "weir.yaml",
-        "upstreams:\n  be: { targets: [{ url: 'http://127.0.0.1:9000' }] }\nroutes:\n  \
+        "upstreams:\n  be: { targets: [{ url: 'http://be.invalid' }] }\nroutes:\n  \
          - name: r\n    match: { prefix: / }\n    upstream: be\n    transform:\n      \
          request:\n        body: { json: { remove: [internal] } }\n",
     );

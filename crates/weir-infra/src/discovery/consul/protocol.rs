@@ -62,13 +62,7 @@ pub(super) fn health_path(spec: &ConsulDiscovery, index: u64) -> String {
 /// in a query value alike, whatever a service or tag name holds.
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    weir_domain::percent::encode(s.as_bytes(), weir_domain::percent::unreserved, &mut out);
     out
 }
 
