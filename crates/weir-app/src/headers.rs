@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use weir_domain::net::Cidr;
 
+use crate::pipeline::ConnInfo;
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -131,14 +133,10 @@ pub fn client_ip(
     client
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` for the upstream. `peer_value` is the peer's
-/// address, rendered once per connection.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer_value: &HeaderValue,
-    peer_trusted: bool,
-    host: Option<&HeaderValue>,
-) {
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` for the upstream, from the connection's
+/// facts (its peer address is rendered once per connection).
+pub fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&HeaderValue>) {
+    let (peer_value, peer_trusted) = (&conn.peer_value, conn.peer_trusted);
     let prior = if peer_trusted {
         headers.get(&X_FORWARDED_FOR)
     } else {
@@ -156,7 +154,8 @@ pub fn set_forwarded(
     };
     headers.insert(&X_FORWARDED_FOR, xff);
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if conn.tls { "https" } else { "http" };
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match host {
@@ -212,19 +211,34 @@ mod tests {
 
     #[test]
     fn forged_forwarded_for_is_replaced_unless_peer_is_trusted() {
-        let peer = HeaderValue::from_static("192.0.2.1");
+        let conn = |trusted: bool| {
+            let mut c = ConnInfo::new(([192, 0, 2, 1], 40000).into(), &[]);
+            c.peer_trusted = trusted;
+            c
+        };
         let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil")]);
+        let untrusted = conn(false);
         set_forwarded(
             &mut h,
-            &peer,
-            false,
+            &untrusted,
             Some(&HeaderValue::from_static("api.example.com")),
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
-        set_forwarded(&mut h, &peer, true, None);
+        set_forwarded(&mut h, &conn(true), None);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = map(&[("x-forwarded-proto", "http")]);
+        let tls = ConnInfo {
+            tls: true,
+            ..conn(false)
+        };
+        set_forwarded(&mut h, &tls, None);
+        assert_eq!(
+            h["x-forwarded-proto"], "https",
+            "a client cannot downgrade it"
+        );
     }
 
     #[test]

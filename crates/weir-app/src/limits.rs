@@ -106,11 +106,44 @@ pub(crate) struct RouteLimits {
     limits: Vec<Limit>,
 }
 
+/// The memory tables of a generation's policies, by policy id (`r:<route>:<i>`,
+/// `u:<upstream>:<i>`), so the next generation keeps the counters of every policy it did not
+/// change: a reload must not hand every client a fresh burst.
+#[derive(Debug, Default)]
+pub struct Tables(std::collections::HashMap<String, (RateLimitPolicy, Arc<LimitTable>)>);
+
+impl Tables {
+    /// The store of policy `id`: the previous generation's table when the policy is the
+    /// same, else a new one; recorded in `next`.
+    fn store(&self, next: &mut Self, id: String, p: &RateLimitPolicy) -> Store {
+        let store = match self.0.get(&id) {
+            Some((old, table)) if old == p => Store::Memory(Arc::clone(table)),
+            _ => Store::of(p),
+        };
+        if let Store::Memory(t) = &store {
+            next.0.insert(id, (p.clone(), Arc::clone(t)));
+        }
+        store
+    }
+}
+
 /// Builds every route's limits; upstream policies share one table across their routes.
-pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<RouteLimits>, String> {
+/// Tables of unchanged policies are taken from `previous`; the new ones are returned.
+pub(crate) fn build(
+    routes: &[Route],
+    upstreams: &[Upstream],
+    previous: &Tables,
+) -> Result<(Vec<RouteLimits>, Tables), String> {
+    let mut next = Tables::default();
     let upstream_stores: Vec<Vec<Store>> = upstreams
         .iter()
-        .map(|u| u.rate_limits.iter().map(Store::of).collect())
+        .map(|u| {
+            u.rate_limits
+                .iter()
+                .enumerate()
+                .map(|(i, p)| previous.store(&mut next, format!("u:{}:{i}", u.name), p))
+                .collect()
+        })
         .collect();
     routes
         .iter()
@@ -121,7 +154,8 @@ pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<Rout
                 .enumerate()
                 .map(|(i, p)| {
                     let id = format!("r:{}:{i}", route.name);
-                    limit(p, Store::of(p), None, id)
+                    let store = previous.store(&mut next, id.clone(), p);
+                    limit(p, store, None, id)
                 })
                 .collect();
             if let RouteAction::Upstream(id) = &route.action
@@ -145,7 +179,8 @@ pub(crate) fn build(routes: &[Route], upstreams: &[Upstream]) -> Result<Vec<Rout
             }
             Ok(RouteLimits { limits })
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()
+        .map(|limits| (limits, next))
 }
 
 fn limit(p: &RateLimitPolicy, store: Store, route_tag: Option<u32>, id: String) -> Limit {

@@ -148,6 +148,7 @@ mod tests {
             circuit_breaker: None,
             retry: None,
             budget: RetryBudget::default(),
+            tls: None,
         }
     }
 

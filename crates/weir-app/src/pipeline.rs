@@ -51,6 +51,10 @@ pub struct ConnInfo {
     /// The peer address as a header value, for `X-Forwarded-For`.
     pub peer_value: HeaderValue,
     pub peer_trusted: bool,
+    /// The connection came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+    /// The subject of the client's certificate, on an mTLS listener.
+    pub client_subject: Option<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -64,6 +68,8 @@ impl ConnInfo {
             peer_ip: ip,
             peer_value,
             peer_trusted: trusted.iter().any(|c| c.contains(ip)),
+            tls: false,
+            client_subject: None,
         }
     }
 }
@@ -74,6 +80,8 @@ impl ConnInfo {
 pub struct Exchange {
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
+    /// The subject of the client's TLS certificate, when it presented one.
+    pub client_subject: Option<Arc<str>>,
     pub route: Option<usize>,
     pub upstream: Option<usize>,
     pub target: Option<Arc<Target>>,
@@ -132,6 +140,7 @@ impl Exchange {
         Self {
             request_id,
             client_ip,
+            client_subject: None,
             route: None,
             upstream: None,
             target: None,
@@ -212,6 +221,8 @@ pub struct Gateway<F: Connector, A, S, C> {
     access: Vec<RouteAccess>,
     /// Per route (same index), its rate limits and their state.
     limits: Vec<RouteLimits>,
+    /// The memory tables behind `limits`, for the next generation to keep.
+    tables: crate::limits::Tables,
     /// Per route (same index), its header transforms, literal values prebuilt.
     transforms: Vec<RouteTransforms>,
     /// Per route (same index), its request body converter (empty when none has one).
@@ -222,6 +233,18 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
     /// Assembles a pipeline. Target authorities were validated by the config layer; one that
     /// still fails to parse is a bug reported here rather than per request.
     pub fn new(parts: Parts<F, A, S, C>) -> Result<Self, String> {
+        Self::after(parts, Vec::new(), &crate::limits::Tables::default())
+    }
+
+    /// Assembles the generation that replaces another (a reload). `members[i]`, when given,
+    /// is upstream `i`'s target set taken over from the old generation (the same upstream,
+    /// unchanged): its targets keep their health, circuits and connections. Rate-limit
+    /// tables of unchanged policies are taken from `tables`.
+    pub fn after(
+        parts: Parts<F, A, S, C>,
+        members: Vec<Option<Arc<Members<F::Conn>>>>,
+        tables: &crate::limits::Tables,
+    ) -> Result<Self, String> {
         let Parts {
             routes,
             upstreams,
@@ -240,16 +263,20 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
             .iter()
             .map(|r| RouteAccess::build(r, &providers))
             .collect::<Result<Vec<_>, _>>()?;
-        let limits = crate::limits::build(routes.routes(), &upstreams)?;
+        let (limits, tables) = crate::limits::build(routes.routes(), &upstreams, tables)?;
         let transforms = routes
             .routes()
             .iter()
             .map(|r| RouteTransforms::build(&r.transforms))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut carried = members.into_iter();
         let members = upstreams
             .iter()
             .zip(&forwarders)
-            .map(|(u, f)| Members::initial(u, f).map(ArcSwap::from_pointee))
+            .map(|(u, f)| match carried.next().flatten() {
+                Some(m) => Ok(ArcSwap::new(m)),
+                None => Members::initial(u, f).map(ArcSwap::from_pointee),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             routes,
@@ -266,9 +293,16 @@ impl<F: Connector, A, S, C> Gateway<F, A, S, C> {
             flights: Flights::default(),
             access,
             limits,
+            tables,
             transforms,
             converters,
         })
+    }
+
+    /// The rate-limit tables, for the generation that replaces this one.
+    #[must_use]
+    pub const fn limit_tables(&self) -> &crate::limits::Tables {
+        &self.tables
     }
 
     /// Adds what the route's policies tell every response: CORS headers when the request's
@@ -374,6 +408,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
             req.headers(),
             &self.trusted_proxies,
         );
+        ex.client_subject.clone_from(&conn.client_subject);
         let host = request_host(&req);
         let head = Head {
             host: host.as_deref(),
@@ -577,7 +612,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         if let Some(kind) = credential {
             access::remove_credential(kind, h);
         }
-        headers::set_forwarded(h, &conn.peer_value, conn.peer_trusted, host_value.as_ref());
+        headers::set_forwarded(h, conn, host_value.as_ref());
         if stored_for_others.is_some() {
             // The client's own address, as weir resolved it: not a value a client chooses.
             cached::set_client_ip(h, ex.client_ip);

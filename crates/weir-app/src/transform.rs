@@ -127,6 +127,7 @@ pub(crate) struct RequestFacts<'a> {
     pub(crate) consumer: Option<&'a str>,
     pub(crate) request_id: &'a HeaderValue,
     pub(crate) client_ip: IpAddr,
+    pub(crate) client_subject: Option<&'a str>,
     pub(crate) params: &'a [(&'a str, String)],
     pub(crate) headers: Option<&'a HeaderMap>,
     /// On a request whose response may be stored for others, only these headers (the
@@ -146,6 +147,7 @@ impl<'a> RequestFacts<'a> {
             consumer: ex.principal.as_ref().map(|p| &*p.name),
             request_id: &ex.request_id,
             client_ip: ex.client_ip,
+            client_subject: ex.client_subject.as_deref(),
             params,
             headers,
             readable,
@@ -164,6 +166,10 @@ impl Facts for RequestFacts<'_> {
 
     fn client_ip(&self) -> IpAddr {
         self.client_ip
+    }
+
+    fn client_subject(&self) -> Option<&str> {
+        self.client_subject
     }
 
     fn path_param(&self, name: &str) -> Option<&str> {

@@ -544,7 +544,7 @@ mod tests {
         );
         assert_eq!(
             bad("  dns: { name: a, port: 1, refresh: 5 }\n"),
-            ["2:37 discovery.dns.refresh: a duration needs a unit: ms, s, m, h (e.g. 5s)"]
+            ["2:37 discovery.dns.refresh: a duration needs a unit: ms, s, m, h, d (e.g. 5s)"]
         );
         assert_eq!(
             bad("  dns: { name: a, port: 1, server: 10.0.0.2 }\n"),

@@ -39,6 +39,7 @@ mod resilience;
 mod routes;
 mod sections;
 mod settings;
+mod tls;
 mod transforms;
 mod units;
 mod upstreams;
@@ -186,6 +187,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// The Redis for `store: redis` rate limits, when configured.
     pub redis: Option<RedisSettings>,
+    /// Reload when the configuration file changes.
+    pub watch: bool,
 }
 
 /// The top-level `redis` section.
@@ -203,8 +206,57 @@ pub struct RedisSettings {
 pub struct ListenerSettings {
     pub name: String,
     pub address: SocketAddr,
-    /// Also accept HTTP/2 with prior knowledge (h2c). Default true.
+    /// Also accept HTTP/2: with prior knowledge (h2c) on a plain listener, by ALPN on TLS.
+    /// Default true.
     pub http2: bool,
+    /// TLS termination; `None` for a plain listener.
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Chosen by SNI; the first is the default. Empty with `acme`.
+    pub certificates: Vec<ServerCertificate>,
+    pub min_version: TlsVersion,
+    /// When set, clients must present a certificate signed by one of these.
+    pub client_ca_pem: Option<Vec<u8>>,
+    pub acme: Option<AcmeSettings>,
+}
+
+/// A certificate chain and its key, PEM, checked to belong together.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerCertificate {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: weir_domain::auth::Secret,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &self.key_pem)
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// `listeners[].tls.acme`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeSettings {
+    pub directory: String,
+    pub email: Option<String>,
+    pub domains: Vec<String>,
+    /// Relative to the config file's directory when written relative.
+    pub storage_dir: PathBuf,
+    /// Trusted for the directory's HTTPS instead of the system's store.
+    pub ca_pem: Option<Vec<u8>>,
+    pub renew_before: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,7 +366,7 @@ pub fn load_str_in(
     let mut report = Report::new(&root, typing.into_inner());
     let settings = settings::build(&cfg, dir, &mut report);
     let registries = registries::build(&cfg, dir, &mut report);
-    let upstreams = upstreams::build(&cfg.upstreams, &registries, &mut report);
+    let upstreams = upstreams::build(&cfg.upstreams, &registries, dir, &mut report);
     let providers = auth::providers(&cfg.auth, dir, &mut report);
     let consumers = auth::consumers(&cfg.consumers, &mut report);
     let names: Vec<&str> = cfg.upstreams.iter().map(|(n, _)| n.as_str()).collect();
@@ -380,7 +432,8 @@ pub fn load_str_in(
             + &auth::key_material(&auth)
             + &redis_ca
             + &registries.key_material()
-            + &descriptors),
+            + &descriptors
+            + &tls_material(&settings, &upstreams)),
     );
     redact::redact(&mut effective);
     Ok(Loaded {
@@ -391,6 +444,31 @@ pub fn load_str_in(
         effective,
         version,
     })
+}
+
+/// The certificates and keys the listeners and upstreams read: a renewed certificate is a
+/// new version.
+fn tls_material(settings: &Settings, upstreams: &[Upstream]) -> String {
+    let mut out = String::new();
+    let mut add = |bytes: &[u8]| out.push_str(&String::from_utf8_lossy(bytes));
+    for t in settings.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for c in &t.certificates {
+            add(&c.cert_pem);
+            add(c.key_pem.expose().as_bytes());
+        }
+        add(t.client_ca_pem.as_deref().unwrap_or_default());
+        if let Some(a) = &t.acme {
+            add(a.ca_pem.as_deref().unwrap_or_default());
+        }
+    }
+    for t in upstreams.iter().filter_map(|u| u.tls.as_ref()) {
+        add(t.ca_pem.as_deref().unwrap_or_default());
+        if let Some(id) = &t.identity {
+            add(&id.cert_pem);
+            add(id.key_pem.expose().as_bytes());
+        }
+    }
+    out
 }
 
 /// Orders the issues as in the file, drops the follow-ups of an unset variable (its empty

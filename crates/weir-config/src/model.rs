@@ -22,7 +22,8 @@ pub(crate) struct FileConfig {
     pub(crate) listeners: Vec<Option<ListenerConfig>>,
     /// Edge protection limits.
     pub(crate) limits: LimitsConfig,
-    /// Reload when the config file changes. Only `false` is supported yet.
+    /// Reload when the config file changes (its directory is watched, so a save by rename
+    /// is seen).
     pub(crate) watch: bool,
     /// Networks whose `X-Forwarded-For` entries are believed when finding the client address.
     pub(crate) trusted_proxies: Vec<String>,
@@ -233,9 +234,88 @@ pub(crate) struct ListenerConfig {
     /// Also accept HTTP/2 with prior knowledge (h2c) on this plain listener.
     #[serde(default = "yes")]
     pub(crate) http2: bool,
-    /// TLS termination: not supported yet.
+    /// TLS termination: with it the listener speaks HTTPS only (ALPN `h2` when `http2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) tls: Unsupported,
+    pub(crate) tls: Option<ListenerTlsConfig>,
+}
+
+/// `listeners[].tls`: certificates (or ACME), versions and client certificates.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerTlsConfig {
+    /// PEM certificate chains and keys (RSA, ECDSA or Ed25519), chosen by the client's SNI;
+    /// the first is served when no other matches. Required unless `acme` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) certificates: Vec<CertificateConfig>,
+    /// The oldest TLS version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default = "tls12")]
+    pub(crate) min_version: String,
+    /// PEM CA certificates: when set, every client must present a certificate they sign
+    /// (mTLS); its subject is `${tls.client_subject}` and the access log's `tls_client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) client_ca_file: Option<String>,
+    /// Certificates obtained and renewed from an ACME CA (Let's Encrypt and others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) acme: Option<AcmeConfig>,
+}
+
+fn tls12() -> String {
+    "1.2".to_owned()
+}
+
+/// One certificate of a TLS listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateConfig {
+    /// The PEM certificate, then its intermediates.
+    pub(crate) cert_file: String,
+    /// Its PEM private key (PKCS#8, or RSA/EC PRIVATE KEY).
+    pub(crate) key_file: String,
+}
+
+/// `listeners[].tls.acme`: one certificate for `domains`, obtained with HTTP-01 (on a plain
+/// listener) or TLS-ALPN-01 (on this one) and renewed before it expires.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AcmeConfig {
+    /// The CA's ACME directory URL (`https://acme-v02.api.letsencrypt.org/directory`).
+    pub(crate) directory: String,
+    /// The account's contact address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) email: Option<String>,
+    /// The names the certificate covers; the first is its subject. At least one.
+    pub(crate) domains: Vec<String>,
+    /// Where the account key, certificate and key are kept (created if missing).
+    pub(crate) storage_dir: String,
+    /// PEM CA certificates trusted for the directory's own HTTPS instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_file: Option<String>,
+    /// Renew when the certificate expires within this.
+    #[serde(default = "renew_before")]
+    pub(crate) renew_before: Dur,
+}
+
+fn renew_before() -> Dur {
+    Dur::default_of("30d")
+}
+
+/// `upstreams.<name>.tls`: how weir checks `https://` targets and proves itself to them.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct UpstreamTlsConfig {
+    /// PEM CA certificates trusted instead of the system's store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_file: Option<String>,
+    /// A PEM client certificate (then its chain) for targets that require one (mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client_cert_file: Option<String>,
+    /// The PEM private key of `client_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client_key_file: Option<String>,
+    /// The name sent in SNI and checked in the target's certificate, instead of the
+    /// target's host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_name: Option<String>,
 }
 
 impl ListenerConfig {
@@ -377,9 +457,10 @@ pub(crate) struct UpstreamConfig {
     /// Where the targets come from at run time, instead of `targets`: exactly one source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) discovery: Option<DiscoveryConfig>,
-    /// TLS toward `https://` targets: not supported yet.
+    /// TLS toward the targets: their trust, SNI name and client certificate. Targets are
+    /// spoken to over TLS when this is set or when they are `https://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) tls: Unsupported,
+    pub(crate) tls: Option<UpstreamTlsConfig>,
     /// A circuit breaker per target: a target whose recent tries fail too often is not
     /// sent requests for a while. Default: none.
     #[serde(default)]

@@ -21,15 +21,9 @@ pub(crate) const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "tra
 pub(crate) fn build(cfg: &FileConfig, dir: &Path, r: &mut Report<'_>) -> Option<Settings> {
     let root = KeyPath::root();
     let admin = admin(cfg, r);
-    let listeners = listeners(cfg, admin.as_ref(), r);
+    let listeners = listeners(cfg, admin.as_ref(), dir, r);
     let limits = limits(&cfg.limits, &root.key("limits"), r);
     let (log, access_log) = observability(&cfg.observability, r);
-    if cfg.watch {
-        r.at(
-            &root.key("watch"),
-            "`watch: true` is not supported yet (reload with SIGHUP or POST /reload)",
-        );
-    }
     let mut trusted_proxies = Some(Vec::with_capacity(cfg.trusted_proxies.len()));
     for (i, cidr) in cfg.trusted_proxies.iter().enumerate() {
         let parsed = r.check(
@@ -56,6 +50,7 @@ pub(crate) fn build(cfg: &FileConfig, dir: &Path, r: &mut Report<'_>) -> Option<
         workers: cfg.workers,
         shutdown_grace: shutdown_grace?,
         redis: redis?,
+        watch: cfg.watch,
     })
 }
 
@@ -81,6 +76,7 @@ fn admin(cfg: &FileConfig, r: &mut Report<'_>) -> Option<AdminSettings> {
 fn listeners(
     cfg: &FileConfig,
     admin: Option<&AdminSettings>,
+    dir: &Path,
     r: &mut Report<'_>,
 ) -> Option<Vec<ListenerSettings>> {
     let list = KeyPath::root().key("listeners");
@@ -94,13 +90,11 @@ fn listeners(
         };
         let path = list.index(i);
         let mut ok = true;
-        unsupported(
-            r,
-            &path.key("tls"),
-            &l.tls,
-            "TLS listeners are not supported yet",
-        );
-        ok &= l.tls.is_none();
+        let tls = match &l.tls {
+            Some(t) => crate::tls::listener(t, &path.key("tls"), dir, r).map(Some),
+            None => Some(None),
+        };
+        ok &= tls.is_some();
         if l.name.trim().is_empty() {
             r.at(&path.key("name"), "a listener needs a name");
             ok = false;
@@ -134,11 +128,12 @@ fn listeners(
             }
             addresses.push((a, i));
         }
-        match (address, &mut out) {
-            (Some(address), Some(v)) if ok => v.push(ListenerSettings {
+        match (address, tls, &mut out) {
+            (Some(address), Some(tls), Some(v)) if ok => v.push(ListenerSettings {
                 name: l.name.clone(),
                 address,
                 http2: l.http2,
+                tls,
             }),
             _ => out = None,
         }

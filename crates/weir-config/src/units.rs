@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-const DURATION_HINT: &str = "a duration such as 250ms, 5s, 1m or 2h";
+const DURATION_HINT: &str = "a duration such as 250ms, 5s, 1m, 2h or 30d";
 
 /// A duration as written in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ impl Dur {
     }
 }
 
-/// Parses `250ms`, `5s`, `1m`, `2h`: a whole number and a unit.
+/// Parses `250ms`, `5s`, `1m`, `2h`, `30d`: a whole number and a unit.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t.is_empty() {
@@ -48,13 +48,14 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = t.split_at(digits);
     if unit.is_empty() {
-        return Err("a duration needs a unit: ms, s, m, h (e.g. 5s)".to_owned());
+        return Err("a duration needs a unit: ms, s, m, h, d (e.g. 5s)".to_owned());
     }
     let scale: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(format!("\"{t}\" is not {DURATION_HINT}")),
     };
     let n: u64 = number
@@ -83,7 +84,7 @@ impl DurVisitor {
     fn bare(text: String) -> Dur {
         Dur {
             text,
-            parsed: Err("a duration needs a unit: ms, s, m, h (e.g. 5s)".to_owned()),
+            parsed: Err("a duration needs a unit: ms, s, m, h, d (e.g. 5s)".to_owned()),
         }
     }
 }
@@ -220,11 +221,11 @@ mod tests {
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert_eq!(
             parse_duration("30").unwrap_err(),
-            "a duration needs a unit: ms, s, m, h (e.g. 5s)"
+            "a duration needs a unit: ms, s, m, h, d (e.g. 5s)"
         );
         assert_eq!(
             parse_duration("1.5s").unwrap_err(),
-            "\"1.5s\" is not a duration such as 250ms, 5s, 1m or 2h"
+            "\"1.5s\" is not a duration such as 250ms, 5s, 1m, 2h or 30d"
         );
         assert!(parse_duration("5 sec").is_err());
         assert!(parse_duration("s").is_err());

@@ -1,5 +1,6 @@
 //! Checking upstreams and building the domain's `Upstream`s, in file order (their ids).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use weir_domain::balance::LoadBalancing;
@@ -9,7 +10,7 @@ use weir_domain::upstream::{
     ActiveHealthCheck, HashKey, Protocol, Target, TargetAddr, Timeouts, Upstream,
 };
 
-use crate::checks::{duration, unsupported};
+use crate::checks::duration;
 use crate::model::{ActiveCheckConfig, UpstreamConfig};
 use crate::node::KeyPath;
 use crate::ratelimit;
@@ -25,6 +26,7 @@ const MAX_TARGETS: usize = u16::MAX as usize;
 pub(crate) fn build(
     upstreams: &[(String, Option<UpstreamConfig>)],
     registries: &Registries,
+    dir: &Path,
     r: &mut Report<'_>,
 ) -> Vec<Option<Upstream>> {
     let list = KeyPath::root().key("upstreams");
@@ -36,7 +38,7 @@ pub(crate) fn build(
                 r.at_key(&path, "an upstream needs a non-empty name");
                 return None;
             }
-            upstream(name, cfg.as_ref()?, registries, &path, r)
+            upstream(name, cfg.as_ref()?, registries, dir, &path, r)
         })
         .collect()
 }
@@ -45,6 +47,7 @@ fn upstream(
     name: &str,
     u: &UpstreamConfig,
     registries: &Registries,
+    dir: &Path,
     path: &KeyPath,
     r: &mut Report<'_>,
 ) -> Option<Upstream> {
@@ -61,15 +64,10 @@ fn upstream(
         }
         None => Some(Discovery::Static),
     };
-    unsupported(
-        r,
-        &path.key("tls"),
-        &u.tls,
-        "upstream `tls` is not supported yet",
-    );
     let hc = path.key("health_check");
 
     let targets = targets(u, path, r);
+    let tls = tls(u, targets.as_deref(), dir, path, r);
     let policy = r.check(
         &path.key("load_balancing"),
         LoadBalancing::parse(u.load_balancing.trim()),
@@ -148,7 +146,38 @@ fn upstream(
         circuit_breaker: circuit_breaker?,
         retry: retry?,
         budget: RetryBudget::default(),
+        tls: tls?,
     })
+}
+
+/// An upstream speaks TLS to all its targets or to none: with `tls` set, or with
+/// `https://` targets (then all of them).
+fn tls(
+    u: &UpstreamConfig,
+    targets: Option<&[Arc<Target>]>,
+    dir: &Path,
+    path: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<Option<weir_domain::upstream::UpstreamTls>> {
+    let targets = targets.unwrap_or_default();
+    let https = targets.iter().filter(|t| t.addr.scheme == "https").count();
+    let list = path.key("targets");
+    if (u.tls.is_some() || https > 0)
+        && let Some(i) = targets.iter().position(|t| t.addr.scheme != "https")
+    {
+        let why = if u.tls.is_some() {
+            "this upstream speaks TLS (`tls` is set), so its targets are https://"
+        } else {
+            "an upstream's targets are all https:// or all http://"
+        };
+        r.at(&list.index(i).key("url"), why);
+        return None;
+    }
+    match &u.tls {
+        Some(c) => crate::tls::upstream(c, &path.key("tls"), dir, r).map(Some),
+        None if https > 0 => Some(Some(weir_domain::upstream::UpstreamTls::default())),
+        None => Some(None),
+    }
 }
 
 fn targets(u: &UpstreamConfig, path: &KeyPath, r: &mut Report<'_>) -> Option<Vec<Arc<Target>>> {

@@ -25,6 +25,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod router;
+pub mod trace;
 pub mod transform;
 pub mod upstream;
 pub mod window;

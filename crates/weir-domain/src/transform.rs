@@ -1,6 +1,6 @@
 //! Header and query changes a route makes on the way in and out, with values that may name
 //! facts of the request (`${consumer.name}`, `${request.id}`, `${request.ip}`,
-//! `${path.NAME}`, `${header.NAME}`).
+//! `${path.NAME}`, `${header.NAME}`, `${tls.client_subject}`).
 //!
 //! A value is parsed once, at load, into literal pieces and variables; a request only copies
 //! the pieces and looks the variables up. A value that renders to something a header cannot
@@ -23,6 +23,8 @@ pub enum Var {
     Path(String),
     /// A request header, lower case (its values joined with `, `; empty when absent).
     Header(String),
+    /// The subject of the client's TLS certificate (empty without one).
+    TlsClientSubject,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,8 @@ pub trait Facts {
     fn path_param(&self, name: &str) -> Option<&str>;
     /// The request header's values, joined with `, `, appended to `out`.
     fn header(&self, lower_name: &str, out: &mut Vec<u8>);
+    /// The subject of the client's certificate, on an mTLS connection.
+    fn client_subject(&self) -> Option<&str>;
 }
 
 impl Template {
@@ -128,6 +132,9 @@ impl Template {
                     out.extend_from_slice(facts.path_param(name).unwrap_or("").as_bytes());
                 }
                 Piece::Var(Var::Header(name)) => facts.header(name, out),
+                Piece::Var(Var::TlsClientSubject) => {
+                    out.extend_from_slice(facts.client_subject().unwrap_or("").as_bytes());
+                }
             }
         }
     }
@@ -139,6 +146,7 @@ fn var(name: &str) -> Result<Var, String> {
         "consumer.name" => return Ok(Var::ConsumerName),
         "request.id" => return Ok(Var::RequestId),
         "request.ip" => return Ok(Var::RequestIp),
+        "tls.client_subject" => return Ok(Var::TlsClientSubject),
         _ => {}
     }
     if let Some(p) = n.strip_prefix("path.").filter(|p| !p.is_empty()) {
@@ -158,7 +166,7 @@ fn var(name: &str) -> Result<Var, String> {
     }
     Err(format!(
         "unknown variable `${{{n}}}` (known: consumer.name, request.id, request.ip, path.NAME, \
-         header.NAME)"
+         header.NAME, tls.client_subject)"
     ))
 }
 
@@ -360,6 +368,9 @@ mod tests {
                 out.extend_from_slice(b"t1");
             }
         }
+        fn client_subject(&self) -> Option<&str> {
+            Some("CN=alice, O=Example")
+        }
     }
 
     fn render(t: &str) -> String {
@@ -375,6 +386,7 @@ mod tests {
             "acme/01ID/10.0.0.7/42/t1"
         );
         assert_eq!(render("a $$ b $x ${path.nope}"), "a $ b $x ");
+        assert_eq!(render("<${tls.client_subject}>"), "<CN=alice, O=Example>");
         assert_eq!(Template::parse("plain").unwrap().literal(), Some("plain"));
         assert_eq!(Template::parse("${request.id}").unwrap().literal(), None);
         assert!(

@@ -34,7 +34,7 @@ impl Protocol {
 /// `http://host:port` split once at load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetAddr {
-    /// `http` (https targets come with upstream TLS).
+    /// `http` or `https`.
     pub scheme: &'static str,
     /// `host:port` exactly as it goes on the wire.
     pub authority: String,
@@ -43,14 +43,15 @@ pub struct TargetAddr {
 }
 
 impl TargetAddr {
-    /// Parses `http://host[:port]` (no path). Returns a message fit for a config error.
+    /// Parses `http://host[:port]` or `https://host[:port]` (no path). Returns a message fit
+    /// for a config error.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let (scheme, rest) = if let Some(r) = url.strip_prefix("http://") {
-            ("http", r)
-        } else if url.starts_with("https://") {
-            return Err("https:// targets need upstream TLS, which is not supported yet".into());
+        let (scheme, rest, default_port) = if let Some(r) = url.strip_prefix("http://") {
+            ("http", r, 80)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            ("https", r, 443)
         } else {
-            return Err(format!("\"{url}\" is not an http:// URL"));
+            return Err(format!("\"{url}\" is not an http:// or https:// URL"));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.is_empty() {
@@ -67,7 +68,7 @@ impl TargetAddr {
                 .ok_or_else(|| format!("\"{url}\" has an unclosed IPv6 literal"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| format!("\"{url}\" has a bad port"))?,
-                None if after.is_empty() => 80,
+                None if after.is_empty() => default_port,
                 None => return Err(format!("\"{url}\" has a bad port")),
             };
             (format!("[{h}]"), port)
@@ -77,7 +78,7 @@ impl TargetAddr {
                     h.to_owned(),
                     p.parse().map_err(|_| format!("\"{url}\" has a bad port"))?,
                 ),
-                None => (rest.to_owned(), 80),
+                None => (rest.to_owned(), default_port),
             }
         };
         if host.is_empty() || port == 0 {
@@ -240,6 +241,19 @@ pub struct Upstream {
     pub retry: Option<RetryPolicy>,
     /// Spent by retries; unused without `retry`.
     pub budget: RetryBudget,
+    /// TLS toward every target (static or discovered), when set.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How weir speaks TLS to an upstream's targets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM CA certificates trusted instead of the system's store.
+    pub ca_pem: Option<Vec<u8>>,
+    /// weir's own certificate, for targets that require one.
+    pub identity: Option<crate::discovery::ClientIdentity>,
+    /// Sent in SNI and checked in the certificate instead of each target's host.
+    pub server_name: Option<String>,
 }
 
 /// The targets of an upstream at one moment, with the balancer's state built for them.
@@ -409,11 +423,12 @@ mod tests {
         assert!(TargetAddr::parse("ftp://x").is_err());
         assert!(TargetAddr::parse("http://x:y").is_err());
         assert!(TargetAddr::parse("http://x/path").is_err());
-        assert!(
-            TargetAddr::parse("https://x")
-                .unwrap_err()
-                .contains("not supported yet")
+        let tls = TargetAddr::parse("https://api.example.com").unwrap();
+        assert_eq!(
+            (tls.scheme, tls.authority.as_str()),
+            ("https", "api.example.com:443")
         );
+        assert_eq!(tls.to_string(), "https://api.example.com:443");
     }
 
     #[test]

@@ -19,8 +19,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use weir_domain::upstream::Protocol;
+use tokio_rustls::client::TlsStream;
+use weir_domain::upstream::{Protocol, Upstream};
+
+use crate::tls::upstream::UpstreamConnector;
 
 /// Idle connections older than this are not reused (upstreams commonly close at 60-75 s).
 const MAX_IDLE_AGE: Duration = Duration::from_secs(55);
@@ -106,6 +110,8 @@ pub struct TargetPool<B> {
     authority: String,
     /// Parsed once when the authority is an IP literal, so connects skip name resolution.
     addr: Option<SocketAddr>,
+    /// For TLS upstreams: the name sent in SNI and checked in the certificate.
+    server_name: Option<Result<ServerName<'static>, String>>,
     /// One idle stack per worker thread.
     idle: Box<[Mutex<Vec<Idle<B>>>]>,
     h2: Mutex<Option<http2::SendRequest<B>>>,
@@ -121,11 +127,13 @@ impl<B> std::fmt::Debug for TargetPool<B> {
 
 /// A pooled client for one upstream, generic over the request body. Each target has its
 /// own [`TargetPool`], made by [`UpstreamClient::pool`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct UpstreamClient {
     protocol: Protocol,
     connect_timeout: Duration,
     workers: usize,
+    /// TLS toward every target, for `https://` upstreams.
+    tls: Option<UpstreamConnector>,
 }
 
 impl UpstreamClient {
@@ -137,15 +145,45 @@ impl UpstreamClient {
             protocol,
             connect_timeout,
             workers,
+            tls: None,
+        }
+    }
+
+    /// The client of `upstream`: its protocol, and its TLS when it has some.
+    pub fn of(
+        upstream: &Upstream,
+        connect_timeout: Duration,
+        workers: usize,
+    ) -> Result<Self, String> {
+        let tls = upstream
+            .tls
+            .as_ref()
+            .map(|t| UpstreamConnector::new(t, upstream.protocol.is_http2()))
+            .transpose()
+            .map_err(|e| format!("upstream {}: tls: {e}", upstream.name))?;
+        Ok(Self {
+            tls,
+            ..Self::new(upstream.protocol, connect_timeout, workers)
+        })
+    }
+
+    /// The same client with another connect timeout (health probes use theirs).
+    #[must_use]
+    pub fn with_connect_timeout(&self, connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            ..self.clone()
         }
     }
 
     /// A new, empty pool for the target at `authority` (`host:port`).
     #[must_use]
     pub fn pool<B>(&self, authority: &str) -> Arc<TargetPool<B>> {
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
         Arc::new(TargetPool {
             authority: authority.to_owned(),
             addr: authority.parse().ok(),
+            server_name: self.tls.as_ref().map(|t| t.name_for(host)),
             idle: (0..self.workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
@@ -223,7 +261,11 @@ impl UpstreamClient {
         // HTTP/2 carries scheme and authority as pseudo-headers: the URI must be absolute.
         if req.uri().authority().is_none() {
             let mut parts = req.uri().clone().into_parts();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.scheme = Some(if self.tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
             parts.authority = pool.authority.parse().ok();
             if let Ok(uri) = http::Uri::from_parts(parts) {
                 *req.uri_mut() = uri;
@@ -262,7 +304,7 @@ impl UpstreamClient {
         None
     }
 
-    async fn connect<B>(&self, pool: &TargetPool<B>) -> Result<TokioIo<TcpStream>, ClientError> {
+    async fn connect_tcp<B>(&self, pool: &TargetPool<B>) -> Result<TcpStream, ClientError> {
         let connect = async {
             match pool.addr {
                 Some(addr) => TcpStream::connect(addr).await,
@@ -278,7 +320,29 @@ impl UpstreamClient {
             })?
             .map_err(|e| ClientError::Connect(Box::new(e)))?;
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
+    }
+
+    /// The TLS handshake, bounded by the connect timeout too.
+    async fn handshake_tls<B>(
+        &self,
+        tls: &UpstreamConnector,
+        pool: &TargetPool<B>,
+        stream: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, ClientError> {
+        let name = match &pool.server_name {
+            Some(Ok(n)) => n.clone(),
+            Some(Err(e)) => return Err(ClientError::Connect(e.clone().into())),
+            None => return Err(ClientError::Connect("no TLS server name".into())),
+        };
+        tokio::time::timeout(self.connect_timeout, tls.connect(name, stream))
+            .await
+            .map_err(|_| {
+                ClientError::Connect(
+                    format!("TLS handshake timed out after {:?}", self.connect_timeout).into(),
+                )
+            })?
+            .map_err(|e| ClientError::Connect(format!("TLS handshake: {e}").into()))
     }
 
     async fn connect_h1<B>(
@@ -290,18 +354,14 @@ impl UpstreamClient {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let io = self.connect(pool).await?;
-        let (sender, conn) = http1::Builder::new()
-            .read_buf_exact_size(Some(READ_BUF))
-            .handshake(io)
-            .await
-            .map_err(|e| ClientError::Connect(Box::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        let tcp = self.connect_tcp(pool).await?;
+        match &self.tls {
+            None => handshake_h1(TokioIo::new(tcp)).await,
+            Some(tls) => {
+                let stream = self.handshake_tls(tls, pool, tcp).await?;
+                handshake_h1(TokioIo::new(stream)).await
             }
-        });
-        Ok(sender)
+        }
     }
 
     async fn connect_h2<B>(
@@ -313,19 +373,55 @@ impl UpstreamClient {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let io = self.connect(pool).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await
-            .map_err(|e| ClientError::Connect(Box::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+        let tcp = self.connect_tcp(pool).await?;
+        match &self.tls {
+            None => handshake_h2(TokioIo::new(tcp)).await,
+            Some(tls) => {
+                let stream = self.handshake_tls(tls, pool, tcp).await?;
+                handshake_h2(TokioIo::new(stream)).await
             }
-        });
-        Ok(sender)
+        }
     }
+}
+
+async fn handshake_h1<B, I>(io: I) -> Result<http1::SendRequest<B>, ClientError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .read_buf_exact_size(Some(READ_BUF))
+        .handshake(io)
+        .await
+        .map_err(|e| ClientError::Connect(Box::new(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn handshake_h2<B, I>(io: I) -> Result<http2::SendRequest<B>, ClientError>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await
+        .map_err(|e| ClientError::Connect(Box::new(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 fn pooled<B>(

@@ -42,11 +42,15 @@ impl Checks {
             let Some(policy) = upstream.health_check.clone() else {
                 continue;
             };
-            let client = UpstreamClient::new(
-                upstream.protocol,
-                upstream.timeouts.connect.min(policy.timeout),
-                1,
-            );
+            let timeout = upstream.timeouts.connect.min(policy.timeout);
+            let client = match UpstreamClient::of(upstream, timeout, 1) {
+                Ok(c) => c,
+                Err(e) => {
+                    // The snapshot built the same client before; this cannot fail alone.
+                    tracing::error!(error = %e, "health checks not started");
+                    continue;
+                }
+            };
             let name: Arc<str> = Arc::from(upstream.name.as_str());
             let current = current.clone();
             tasks.push(tokio::spawn(async move {

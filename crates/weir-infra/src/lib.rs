@@ -9,6 +9,7 @@
 //! needs from the outside; it never depends on the application layer.
 
 pub mod access_log;
+pub mod acme;
 pub mod auth;
 pub mod cache;
 pub mod client;
@@ -17,9 +18,11 @@ pub mod grpc;
 pub mod health;
 pub mod json_edit;
 pub mod metrics;
+pub mod otel;
 pub mod ratelimit;
 mod redis_conn;
 #[cfg(test)]
 mod test_logs;
 #[cfg(test)]
 mod test_net;
+pub mod tls;

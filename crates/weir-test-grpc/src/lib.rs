@@ -7,6 +7,7 @@
 //! gateway may depend on it.
 
 mod incoming;
+pub mod otlp;
 mod server;
 mod service;
 #[cfg(test)]

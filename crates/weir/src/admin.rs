@@ -14,11 +14,20 @@ use serde_json::{Value, json};
 use weir_domain::route::{PathPattern, RouteAction};
 use weir_infra::metrics::{family, label, render_routes};
 
+use crate::reload::{Control, ReloadError};
 use crate::server::Shared;
 
 /// The admin routes; with a token, every call needs `Authorization: Bearer <token>`.
-pub fn router(shared: &Arc<Shared>, token: Option<String>) -> Router {
+pub fn router(shared: &Arc<Shared>, control: &Arc<Control>, token: Option<String>) -> Router {
+    let control = Arc::clone(control);
     let app = Router::new()
+        .route(
+            "/reload",
+            post(move || {
+                let control = Arc::clone(&control);
+                async move { reload(&control).await }
+            }),
+        )
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -80,6 +89,48 @@ fn problem(status: StatusCode, code: &str, detail: &str, extra: Option<(&str, Va
     );
     resp.headers_mut().insert("x-request-id", request_id);
     resp
+}
+
+/// `POST /reload`: 200 with the running version, or 422 with the problems `weir validate`
+/// prints (the running configuration stays).
+async fn reload(control: &Control) -> Response {
+    match control.reload().await {
+        Ok(version) => axum::Json(json!({"version": version})).into_response(),
+        Err(ReloadError::Problems(problems)) => {
+            let list: Vec<Value> = problems
+                .0
+                .iter()
+                .map(|p| {
+                    json!({
+                        "file": p.file, "line": p.line, "col": p.col,
+                        "path": p.path, "message": p.message,
+                        "text": p.to_string(),
+                    })
+                })
+                .collect();
+            problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                &format!(
+                    "the configuration has {} problem(s); the running one stays",
+                    list.len()
+                ),
+                Some(("problems", Value::Array(list))),
+            )
+        }
+        Err(e @ ReloadError::Build(_)) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            &e.to_string(),
+            None,
+        ),
+        Err(e @ ReloadError::NoSource) => problem(
+            StatusCode::CONFLICT,
+            "reload_unavailable",
+            &e.to_string(),
+            None,
+        ),
+    }
 }
 
 /// `POST /cache/purge` with `{"route": NAME}` or `{"prefix": "/path"}`: removes the matching
@@ -233,8 +284,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .route_names
         .iter()
         .map(AsRef::as_ref)
-        .zip(snap.route_metrics.iter())
-        .chain(std::iter::once(("", &snap.unmatched_metrics)));
+        .zip(snap.route_metrics.iter().map(AsRef::as_ref))
+        .chain(std::iter::once(("", &*snap.unmatched_metrics)));
     render_routes(&mut out, routes);
     crate::upstream_view::render_metrics(&mut out, &snap);
     render_cache(&mut out, &snap.gateway.cache.0);
@@ -244,7 +295,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         "gauge",
         "Open client connections, by listener.",
     );
-    for l in &shared.listeners {
+    for l in shared.listeners.load().iter() {
         let _ = writeln!(
             out,
             "weir_connections_active{{listener=\"{}\"}} {}",

@@ -202,7 +202,12 @@ fn run(args: &RunArgs) -> ExitCode {
             }
         }
     }
-    let code = main_rt.block_on(serve(loaded, &handles));
+    let path = args.config.config.clone();
+    let source = crate::reload::Source {
+        path: path.clone(),
+        load: std::sync::Arc::new(move || weir_config::load_file(&path, &ProcessEnv, &overrides)),
+    };
+    let code = main_rt.block_on(serve(loaded, &handles, source));
     let _ = halt.send(true);
     for t in threads {
         let _ = t.join();
@@ -241,10 +246,14 @@ fn spawn_worker(
     Ok((handle, thread))
 }
 
-async fn serve(loaded: weir_config::Loaded, workers: &[tokio::runtime::Handle]) -> ExitCode {
+async fn serve(
+    loaded: weir_config::Loaded,
+    workers: &[tokio::runtime::Handle],
+    source: crate::reload::Source,
+) -> ExitCode {
     let version = loaded.version.clone();
     let workers_count = workers.len();
-    let running = match crate::start::start_on(loaded, workers).await {
+    let running = match crate::start::start_on(loaded, workers, Some(source)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -253,7 +262,7 @@ async fn serve(loaded: weir_config::Loaded, workers: &[tokio::runtime::Handle]) 
         }
     };
     tracing::info!(version = %version, workers = workers_count, "weir started");
-    crate::signals::wait_for_stop().await;
+    crate::signals::wait_for_stop(&running.control).await;
     tracing::info!("draining: no new connections, waiting for in-flight requests");
     if running.shutdown().await {
         tracing::info!("stopped cleanly");

@@ -25,7 +25,7 @@ use crate::body::CountingBody;
 pub type UpstreamBody = ReqBody<CountingBody<Incoming>>;
 
 /// One upstream's client, and the metrics every try counts in.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Forward {
     pub client: UpstreamClient,
     pub metrics: Arc<UpstreamMetrics>,

@@ -1,5 +1,6 @@
-//! Listeners and connections: accept (bounded by `max_connections`), serve HTTP/1.1 and
-//! h2c on each connection with the edge limits, and drain on shutdown.
+//! Listeners and connections: accept (bounded by `max_connections`), complete TLS on TLS
+//! listeners, serve HTTP/1.1 and HTTP/2 on each connection with the edge limits, and drain
+//! on shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,12 +12,12 @@ use arc_swap::ArcSwap;
 use http::{Request, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use weir_app::pipeline::ConnInfo;
-use weir_config::{Limits, ListenerSettings};
+use weir_config::Limits;
 
 use crate::activity::{Activity, Watched};
 use crate::service;
@@ -35,7 +36,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// False until listeners are up, and again once draining starts.
     pub ready: AtomicBool,
-    pub listeners: Vec<ListenerStats>,
+    /// The open listeners' counters; a reload adds and removes them.
+    pub listeners: ArcSwap<Vec<Arc<ListenerStats>>>,
     /// `weir_config_reloads_total{result="success"|"failure"}`.
     pub reloads: [AtomicU64; 2],
 }
@@ -43,19 +45,10 @@ pub struct Shared {
 impl Shared {
     #[must_use]
     pub fn new(snapshot: Snapshot) -> Self {
-        let listeners = snapshot
-            .settings
-            .listeners
-            .iter()
-            .map(|l| ListenerStats {
-                name: l.name.clone(),
-                active: AtomicI64::new(0),
-            })
-            .collect();
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
-            listeners,
+            listeners: ArcSwap::from_pointee(Vec::new()),
             reloads: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
@@ -85,11 +78,14 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tcp
 
 /// Everything one accept loop needs.
 pub struct Listener {
-    pub index: usize,
+    /// The listener's name in the config: its settings are looked up by it in the current
+    /// snapshot for every connection.
+    pub name: String,
     /// Registered with the worker's runtime when its accept loop starts.
     pub socket: std::net::TcpListener,
-    pub settings: ListenerSettings,
-    pub limits: Limits,
+    /// Fixed when the socket opened; a reload does not resize it.
+    pub permits: Arc<Semaphore>,
+    pub stats: Arc<ListenerStats>,
 }
 
 /// One connection's context, shared by its requests.
@@ -107,18 +103,15 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
     let socket = match TcpListener::from_std(l.socket) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(listener = %l.settings.name, error = %e, "cannot register the listening socket");
+            tracing::error!(listener = %l.name, error = %e, "cannot register the listening socket");
             return;
         }
     };
-    // Shared, not copied: a copy would sit in every connection's task for its whole life.
-    let builder = Arc::new(connection_builder(&l.settings, &l.limits));
-    let permits = Arc::new(Semaphore::new(l.limits.max_connections));
     loop {
         // At the connection cap, wait for a slot rather than accept and drop: the kernel's
         // backlog holds new clients until then.
         let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = Arc::clone(&l.permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
         };
         let (stream, peer) = tokio::select! {
@@ -126,7 +119,7 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = %l.settings.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %l.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -134,70 +127,57 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        // This generation's settings for the listener; a connection keeps them for its life.
+        let Some(runtime) = shared
+            .snapshot
+            .load()
+            .listeners
+            .iter()
+            .find(|r| r.settings.name == l.name)
+            .cloned()
+        else {
+            continue;
+        };
         let shared = Arc::clone(&shared);
-        let builder = Arc::clone(&builder);
         let conn_stop = stop.clone();
-        let limits = l.limits;
-        let index = l.index;
+        let stats = Arc::clone(&l.stats);
         tokio::spawn(async move {
-            shared.listeners[index]
-                .active
-                .fetch_add(1, Ordering::Relaxed);
-            serve_connection(
-                stream,
-                peer,
-                Arc::clone(&shared),
-                &builder,
-                conn_stop,
-                limits,
-            )
-            .await;
-            shared.listeners[index]
-                .active
-                .fetch_sub(1, Ordering::Relaxed);
+            stats.active.fetch_add(1, Ordering::Relaxed);
+            let limits = shared.snapshot.load().settings.limits;
+            match runtime.tls {
+                None => {
+                    let info =
+                        ConnInfo::new(peer, &shared.snapshot.load().settings.trusted_proxies);
+                    serve_connection(stream, info, shared, &runtime.builder, conn_stop, limits)
+                        .await;
+                }
+                Some(ref acceptor) => {
+                    if let Some((tls, info)) =
+                        crate::tls::accept(stream, peer, acceptor, &shared, &limits).await
+                    {
+                        serve_connection(tls, info, shared, &runtime.builder, conn_stop, limits)
+                            .await;
+                    }
+                }
+            }
+            stats.active.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
 }
 
-fn connection_builder(
-    settings: &ListenerSettings,
-    limits: &Limits,
-) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        // Heads over max_header_bytes are answered 431 with a problem body by the pipeline.
-        // hyper's parse buffer is 64 KiB larger so that check decides for all but absurd heads;
-        // past the buffer hyper refuses the head itself (431, no body). The buffer is only
-        // filled as far as a client actually sends.
-        .max_buf_size(limits.max_header_bytes + 64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(Some(100))
-        .max_local_error_reset_streams(Some(1024));
-    if settings.http2 {
-        builder
-    } else {
-        builder.http1_only()
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+async fn serve_connection<S>(
+    stream: S,
+    info: ConnInfo,
     shared: Arc<Shared>,
     builder: &auto::Builder<TokioExecutor>,
     mut stop: watch::Receiver<bool>,
     limits: Limits,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
     let activity = Arc::new(Activity::default());
-    let info = ConnInfo::new(peer, &shared.snapshot.load().settings.trusted_proxies);
     let ctx = Arc::new(ConnCtx {
         shared,
         info,
@@ -250,7 +230,10 @@ impl Drop for RequestDone<'_> {
 }
 
 /// Stops accepting, then waits up to `grace` for in-flight requests to finish.
-pub async fn drain(stop: &watch::Sender<bool>, grace: Duration) -> bool {
-    let _ = stop.send(true);
-    tokio::time::timeout(grace, stop.closed()).await.is_ok()
+pub async fn drain(stops: &[watch::Sender<bool>], grace: Duration) -> bool {
+    for stop in stops {
+        let _ = stop.send(true);
+    }
+    let all = futures_util::future::join_all(stops.iter().map(watch::Sender::closed));
+    tokio::time::timeout(grace, all).await.is_ok()
 }

@@ -1,10 +1,13 @@
-//! Signals: SIGTERM and SIGINT drain and stop. SIGHUP would reload; until reload exists it
-//! is logged and ignored rather than killing the process (its default action).
+//! Signals: SIGTERM and SIGINT drain and stop; SIGHUP reloads the configuration file.
+
+use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_stop() {
+use crate::reload::Control;
+
+/// Resolves on SIGTERM or SIGINT; reloads on each SIGHUP meanwhile.
+pub async fn wait_for_stop(control: &Arc<Control>) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -17,7 +20,11 @@ pub async fn wait_for_stop() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply changes"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received; reloading the configuration");
+                // The outcome is logged and counted by the reload itself.
+                let _ = control.reload().await;
+            }
         }
     }
 }

@@ -29,14 +29,26 @@ pub struct StaticReply {
     pub body: Bytes,
 }
 
+/// What every generation of a process shares: built once at start.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// The access log writer, shared across generations (reopened when its settings change).
+    pub access_log: Option<AccessLog>,
+    /// Worker threads; each gets its own idle upstream connections.
+    pub workers: usize,
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
     /// Shared with the discovery watchers, which swap upstreams' targets.
     pub gateway: Arc<Gateway<Forward, Auth, Shared, Arc<Caches>>>,
     pub settings: Settings,
-    pub route_metrics: Vec<RouteMetrics>,
+    /// Per listener of `settings` (same index): what its connections are served with.
+    pub listeners: Vec<crate::listener::ListenerRuntime>,
+    /// Kept across reloads by route name, so counters never go back.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
     /// Requests that matched no route (`route=""`).
-    pub unmatched_metrics: RouteMetrics,
+    pub unmatched_metrics: Arc<RouteMetrics>,
     pub upstream_metrics: Vec<Arc<UpstreamMetrics>>,
     pub route_names: Vec<Arc<str>>,
     pub upstream_names: Vec<Arc<str>>,
@@ -56,14 +68,18 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds everything a config needs to serve. Must run inside the runtime (it starts
-    /// health-check tasks). `access_log` is shared across generations; `workers` is the
-    /// number of worker threads (each gets its own idle upstream connections).
+    /// health-check tasks). With `previous` (a reload), everything the new config did not
+    /// change is taken over from it: upstreams' targets with their health, circuits and
+    /// connections, rate-limit counters, caches and metrics.
     pub fn build(
         loaded: Loaded,
-        access_log: Option<AccessLog>,
-        workers: usize,
+        process: &Process,
         caches: Arc<Caches>,
+        previous: Option<&Self>,
     ) -> Result<Self, String> {
+        let access_log = process.access_log.clone();
+        let workers = process.workers;
+        let carry = crate::carry::Carry::new(previous, &loaded);
         let Loaded {
             settings,
             routes,
@@ -106,7 +122,7 @@ impl Snapshot {
         let route_metrics = routes
             .routes()
             .iter()
-            .map(|_| RouteMetrics::default())
+            .map(|r| carry.route_metrics(&r.name))
             .collect();
         let upstream_names = upstreams
             .iter()
@@ -114,16 +130,31 @@ impl Snapshot {
             .collect();
         let upstream_metrics: Vec<Arc<UpstreamMetrics>> = upstreams
             .iter()
-            .map(|_| Arc::new(UpstreamMetrics::default()))
+            .map(|u| carry.upstream_metrics(&u.name))
             .collect();
-        let forwarders = upstreams
+        // An unchanged upstream keeps its client (its TLS config) and its target set.
+        let mut members = Vec::with_capacity(upstreams.len());
+        let mut forwarders = Vec::with_capacity(upstreams.len());
+        for (i, (u, metrics)) in upstreams.iter().zip(&upstream_metrics).enumerate() {
+            match carry.upstream(i) {
+                Some((forward, kept)) => {
+                    forwarders.push(forward);
+                    members.push(Some(kept));
+                }
+                None => {
+                    forwarders.push(Forward {
+                        client: UpstreamClient::of(u, u.timeouts.connect, workers)?,
+                        metrics: Arc::clone(metrics),
+                    });
+                    members.push(None);
+                }
+            }
+        }
+        let listeners = settings
+            .listeners
             .iter()
-            .zip(&upstream_metrics)
-            .map(|(u, metrics)| Forward {
-                client: UpstreamClient::new(u.protocol, u.timeouts.connect, workers),
-                metrics: Arc::clone(metrics),
-            })
-            .collect();
+            .map(|l| crate::listener::ListenerRuntime::build(l, &settings.limits, None))
+            .collect::<Result<Vec<_>, String>>()?;
         let authenticator = Auth(weir_infra::auth::Authenticators::new(&auth, workers)?);
         let shared_limiter = Shared(
             settings
@@ -132,19 +163,25 @@ impl Snapshot {
                 .map(|r| weir_infra::ratelimit::RedisLimiter::new(&redis_settings(r)))
                 .transpose()?,
         );
-        let gateway = Arc::new(Gateway::new(Parts {
-            routes,
-            upstreams,
-            forwarders,
-            providers: auth.providers,
-            authenticator,
-            shared_limiter,
-            cache: caches,
-            trusted_proxies: settings.trusted_proxies.clone(),
-            max_header_bytes: settings.limits.max_header_bytes,
-            max_body_bytes: settings.limits.max_body_bytes,
-            converters,
-        })?);
+        let no_tables = weir_app::limits::Tables::default();
+        let tables = carry.limit_tables().unwrap_or(&no_tables);
+        let gateway = Arc::new(Gateway::after(
+            Parts {
+                routes,
+                upstreams,
+                forwarders,
+                providers: auth.providers,
+                authenticator,
+                shared_limiter,
+                cache: caches,
+                trusted_proxies: settings.trusted_proxies.clone(),
+                max_header_bytes: settings.limits.max_header_bytes,
+                max_body_bytes: settings.limits.max_body_bytes,
+                converters,
+            },
+            members,
+            tables,
+        )?);
         // Probes follow the targets as discovery changes them; a weak handle, so the
         // tasks never keep an old generation alive.
         let weak = Arc::downgrade(&gateway);
@@ -157,8 +194,9 @@ impl Snapshot {
         Ok(Self {
             gateway,
             settings,
+            listeners,
             route_metrics,
-            unmatched_metrics: RouteMetrics::default(),
+            unmatched_metrics: carry.unmatched_metrics(),
             upstream_metrics,
             route_names,
             upstream_names,

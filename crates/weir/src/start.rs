@@ -1,16 +1,17 @@
 //! Starting and stopping a gateway: build the snapshot, bind every listener (all or
-//! nothing), serve, and drain on request.
+//! nothing), serve, and drain on request. Reloads go through [`Control`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::watch;
-use weir_config::{AccessLogTarget, Loaded};
+use weir_config::{AccessLogTarget, Loaded, Overrides, ProcessEnv};
 use weir_infra::access_log::{AccessLog, Sink};
 
-use crate::server::{self, Listener, Shared};
-use crate::snapshot::Snapshot;
+use crate::reload::{Control, Source};
+use crate::server::Shared;
+use crate::snapshot::{Process, Snapshot};
 
 /// Why the gateway could not start (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +30,12 @@ pub enum StartError {
 
 /// A running gateway.
 pub struct Running {
-    /// Bound addresses, in listener order (useful with port 0).
+    /// Bound addresses, in listener order at start (useful with port 0).
     pub addrs: Vec<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    /// Reloads and the listeners they open and close.
+    pub control: Arc<Control>,
     admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -46,104 +48,92 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Binds and serves a loaded configuration on the current runtime (one worker).
+/// Binds and serves a loaded configuration on the current runtime (one worker). It cannot
+/// be reloaded from a file: see [`start_file`].
 pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
-    start_on(loaded, &[tokio::runtime::Handle::current()]).await
+    start_on(loaded, &[tokio::runtime::Handle::current()], None).await
+}
+
+/// Loads `path` and serves it on the current runtime; reloads read `path` again.
+pub async fn start_file(path: PathBuf) -> Result<Running, StartError> {
+    let file = path.clone();
+    let source = Source {
+        path,
+        load: Arc::new(move || weir_config::load_file(&file, &ProcessEnv, &Overrides::default())),
+    };
+    let loaded = (source.load)().map_err(|p| StartError::Build(p.to_string()))?;
+    start_on(loaded, &[tokio::runtime::Handle::current()], Some(source)).await
+}
+
+/// Opens the access log its settings name.
+pub(crate) fn open_access_log(
+    settings: &weir_config::AccessLogSettings,
+) -> std::io::Result<Option<AccessLog>> {
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let sink = match &settings.target {
+        AccessLogTarget::Stdout => Sink::Stdout,
+        AccessLogTarget::Stderr => Sink::Stderr,
+        AccessLogTarget::File(p) => Sink::File(p.clone()),
+    };
+    AccessLog::start(&sink).map(Some)
 }
 
 /// Binds and serves a loaded configuration with one accept loop per listener on each
 /// worker runtime in `workers` (the first is the current one, which also runs the admin API
 /// and health checks). With several workers each gets its own `SO_REUSEPORT` socket, so
 /// connections are spread by the kernel and a connection lives on one thread for its life.
+/// `source` gives the configuration again for a reload (SIGHUP, `POST /reload`, `watch`).
 pub async fn start_on(
     loaded: Loaded,
     workers: &[tokio::runtime::Handle],
+    source: Option<Source>,
 ) -> Result<Running, StartError> {
     let settings = loaded.settings.clone();
-    let access_log = if settings.access_log.enabled {
-        let sink = match &settings.access_log.target {
-            AccessLogTarget::Stdout => Sink::Stdout,
-            AccessLogTarget::Stderr => Sink::Stderr,
-            AccessLogTarget::File(p) => Sink::File(p.clone()),
-        };
-        Some(AccessLog::start(&sink).map_err(StartError::AccessLog)?)
-    } else {
-        None
+    let access_log = open_access_log(&settings.access_log).map_err(StartError::AccessLog)?;
+    let process = Process {
+        access_log,
+        workers: workers.len().max(1),
     };
-    let worker_count = workers.len().max(1);
     // The cache stores outlive configuration generations: a reload keeps what is cached.
-    let redis = settings.redis.as_ref().map(crate::snapshot::redis_settings);
-    let caches =
-        weir_infra::cache::CacheStores::new(settings.limits.max_cache_bytes, redis.as_ref())
-            .map_err(StartError::Build)?;
-    let caches = Arc::new(crate::cache::Caches(caches));
+    let caches = crate::reload::caches(&settings).map_err(StartError::Build)?;
     let snapshot =
-        Snapshot::build(loaded, access_log, worker_count, caches).map_err(StartError::Build)?;
+        Snapshot::build(loaded, &process, Arc::clone(&caches), None).map_err(StartError::Build)?;
     let shared = Arc::new(Shared::new(snapshot));
 
     // Bind everything before serving anything: a half-started gateway is worse than none.
-    // The first socket of a listener fixes its port (port 0 asks for a free one); the other
-    // workers' sockets join that same port.
-    let reuse_port = worker_count > 1;
-    let mut sockets: Vec<Vec<std::net::TcpListener>> = Vec::new();
-    let mut addrs = Vec::new();
-    for l in &settings.listeners {
-        let bind_error = |source| StartError::Bind {
-            what: format!("listener \"{}\"", l.name),
-            addr: l.address,
-            source,
-        };
-        let first = server::bind(l.address, reuse_port).map_err(bind_error)?;
-        let addr = first.local_addr().unwrap_or(l.address);
-        let mut per_worker = vec![first];
-        for _ in 1..worker_count {
-            per_worker.push(server::bind(addr, true).map_err(bind_error)?);
-        }
-        addrs.push(addr);
-        sockets.push(per_worker);
-    }
+    let control = Control::new(
+        Arc::clone(&shared),
+        workers.to_vec(),
+        process,
+        caches,
+        source,
+    );
+    let opened = control
+        .open_all(&settings.listeners)
+        .await
+        .map_err(|(what, addr, source)| StartError::Bind { what, addr, source })?;
     let admin_socket = match settings.admin.listen {
         Some(addr) => {
-            let std = server::bind(addr, false).map_err(|source| StartError::Bind {
+            let bind_error = |source| StartError::Bind {
                 what: "admin".into(),
                 addr,
                 source,
-            })?;
-            Some(
-                tokio::net::TcpListener::from_std(std).map_err(|source| StartError::Bind {
-                    what: "admin".into(),
-                    addr,
-                    source,
-                })?,
-            )
+            };
+            let std = crate::server::bind(addr, false).map_err(bind_error)?;
+            Some(tokio::net::TcpListener::from_std(std).map_err(bind_error)?)
         }
         None => None,
     };
-
-    let (stop, stop_rx) = watch::channel(false);
-    for (index, (per_worker, l)) in sockets.into_iter().zip(&settings.listeners).enumerate() {
-        tracing::info!(listener = %l.name, address = %addrs[index], http2 = l.http2, workers = worker_count, "listening");
-        for (socket, handle) in per_worker.into_iter().zip(workers) {
-            let listener = Listener {
-                index,
-                socket,
-                settings: l.clone(),
-                limits: settings.limits,
-            };
-            handle.spawn(server::accept_loop(
-                listener,
-                Arc::clone(&shared),
-                stop_rx.clone(),
-            ));
-        }
-    }
+    let addrs = control.serve(opened).await;
     let (admin_addr, admin_stop) = match admin_socket {
         Some(socket) => {
             let addr = socket.local_addr().ok();
             if let Some(a) = addr {
                 tracing::info!(address = %a, "admin API listening");
             }
-            let app = crate::admin::router(&shared, settings.admin.token);
+            let app = crate::admin::router(&shared, &control, settings.admin.token);
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(async move {
                 let serve = axum::serve(socket, app).with_graceful_shutdown(async {
@@ -157,13 +147,13 @@ pub async fn start_on(
         }
         None => (None, None),
     };
+    control.watch_if_asked();
     shared.ready.store(true, Ordering::Relaxed);
-    drop(stop_rx);
     Ok(Running {
         addrs,
         admin_addr,
         shared,
-        stop,
+        control,
         admin_stop,
     })
 }
@@ -174,10 +164,15 @@ impl Running {
     pub async fn shutdown(mut self) -> bool {
         self.shared.ready.store(false, Ordering::Relaxed);
         let grace = self.shared.snapshot.load().settings.shutdown_grace;
-        let drained = server::drain(&self.stop, grace).await;
+        let drained = self.control.drain(grace).await;
         if let Some(tx) = self.admin_stop.take() {
             let _ = tx.send(());
         }
         drained
+    }
+
+    /// The address listener `name` is bound to now (it may have been opened by a reload).
+    pub async fn addr_of(&self, name: &str) -> Option<SocketAddr> {
+        self.control.addr_of(name).await
     }
 }

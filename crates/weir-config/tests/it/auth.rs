@@ -410,7 +410,7 @@ auth:
             r#"weir.yaml:12:33: auth.providers.j.header: "X Key" is not a valid header name"#,
             r#"weir.yaml:12:49: auth.providers.j.query: "a&b" is not a query parameter name (letters, digits, -, ., _ and ~)"#,
             "weir.yaml:12:56: auth.providers.j.leeway: `leeway` applies to type jwt, not api_key",
-            "weir.yaml:13:105: auth.providers.k.cache_ttl: a duration needs a unit: ms, s, m, h (e.g. 5s)",
+            "weir.yaml:13:105: auth.providers.k.cache_ttl: a duration needs a unit: ms, s, m, h, d (e.g. 5s)",
             "weir.yaml:14:5: auth.providers.: a provider needs a non-empty name",
             r#"weir.yaml:15:8: auth.providers.m: missing required key "type""#,
         ]
@@ -640,7 +640,7 @@ routes:
             r#"weir.yaml:22:23: routes[4].cors.origins[0]: "https://app.example.com/" is not an origin: an origin has no path, query or trailing slash"#,
             r#"weir.yaml:22:51: routes[4].cors.origins[1]: "http://x:0" has a bad port"#,
             r#"weir.yaml:22:83: routes[4].cors.expose_headers[0]: "Bad Name" is not a valid header name"#,
-            "weir.yaml:22:105: routes[4].cors.max_age: a duration needs a unit: ms, s, m, h (e.g. 5s)",
+            "weir.yaml:22:105: routes[4].cors.max_age: a duration needs a unit: ms, s, m, h, d (e.g. 5s)",
             r#"weir.yaml:25:11: routes[5].cors.origins: list at least one origin, such as https://app.example.com, or "*""#,
         ]
     );

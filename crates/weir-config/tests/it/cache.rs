@@ -80,7 +80,7 @@ fn every_problem_at_its_place() {
             "weir.yaml:7:52: routes[0].cache.vary[1]: varying on `Authorization` would keep a \
              copy per credential; use `per_consumer: true` on a route with `auth` instead",
             "weir.yaml:7:78: routes[0].cache.max_body: must be at least 1 byte",
-            "weir.yaml:7:97: routes[0].cache.stale_if_error: a duration needs a unit: ms, s, m, h \
+            "weir.yaml:7:97: routes[0].cache.stale_if_error: a duration needs a unit: ms, s, m, h, d \
              (e.g. 5s)",
         ]
     );

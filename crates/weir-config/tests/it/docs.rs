@@ -105,11 +105,28 @@ routes:
 ";
 
 /// Keys that are recognised but not supported yet: documented too.
-const NOT_SUPPORTED_YET: &[&str] = &[
+const NOT_SUPPORTED_YET: &[&str] = &["observability.tracing"];
+
+/// Keys that name files (certificates), which the fixture above cannot hold: documented too.
+const FILE_KEYS: &[&str] = &[
     "listeners[].tls",
-    "watch",
-    "observability.tracing",
+    "listeners[].tls.certificates",
+    "listeners[].tls.certificates[].cert_file",
+    "listeners[].tls.certificates[].key_file",
+    "listeners[].tls.min_version",
+    "listeners[].tls.client_ca_file",
+    "listeners[].tls.acme",
+    "listeners[].tls.acme.directory",
+    "listeners[].tls.acme.email",
+    "listeners[].tls.acme.domains",
+    "listeners[].tls.acme.storage_dir",
+    "listeners[].tls.acme.ca_file",
+    "listeners[].tls.acme.renew_before",
     "upstreams.<name>.tls",
+    "upstreams.<name>.tls.ca_file",
+    "upstreams.<name>.tls.client_cert_file",
+    "upstreams.<name>.tls.client_key_file",
+    "upstreams.<name>.tls.server_name",
 ];
 
 /// Maps whose keys are names the user chose.
@@ -158,6 +175,7 @@ fn every_key_is_documented() {
     paths.dedup();
     assert!(paths.len() > 60, "the walk found too few keys: {paths:?}");
     paths.extend(NOT_SUPPORTED_YET.iter().map(|s| (*s).to_owned()));
+    paths.extend(FILE_KEYS.iter().map(|s| (*s).to_owned()));
     let missing: Vec<_> = paths
         .iter()
         .filter(|p| !docs.contains(&format!("`{p}`")))

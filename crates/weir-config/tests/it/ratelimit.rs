@@ -201,7 +201,7 @@ fn number_and_duration_problems() {
             "weir.yaml:11:27: routes[1].rate_limit[0].limit: must be at least 1",
             "weir.yaml:11:35: routes[1].rate_limit[0].per: must be longer than 0",
             "weir.yaml:11:46: routes[1].rate_limit[0].burst: must be at least 1",
-            "weir.yaml:12:35: routes[1].rate_limit[1].per: a duration needs a unit: ms, s, m, h (e.g. 5s)",
+            "weir.yaml:12:35: routes[1].rate_limit[1].per: a duration needs a unit: ms, s, m, h, d (e.g. 5s)",
             "weir.yaml:13:27: routes[1].rate_limit[2].limit: more than 1,000,000 requests per second per key cannot be limited precisely",
             "weir.yaml:14:46: routes[1].rate_limit[3].burst: per / limit × burst must be under 584 years",
             "weir.yaml:15:49: routes[1].rate_limit[4].max_keys: 15 is not between 16 and 16777216",

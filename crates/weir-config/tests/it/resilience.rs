@@ -206,7 +206,7 @@ fn passive_and_breaker_problems() {
             "weir.yaml:9:15: upstreams.orders.circuit_breaker.window: must be at least 100ms: the window slides in tenths, each a whole number of milliseconds",
             "weir.yaml:10:17: upstreams.orders.circuit_breaker.open_for: must be longer than 0",
             "weir.yaml:11:27: upstreams.orders.circuit_breaker.half_open_requests: 0 is not between 1 and 1023",
-            "weir.yaml:14:43: upstreams.more.health_check.passive.eject_for: a duration needs a unit: ms, s, m, h (e.g. 5s)",
+            "weir.yaml:14:43: upstreams.more.health_check.passive.eject_for: a duration needs a unit: ms, s, m, h, d (e.g. 5s)",
             "weir.yaml:15:39: upstreams.more.circuit_breaker.failure_ratio: 1.5 is not a share of the tries: more than 0 and at most 1, such as 0.5",
             "weir.yaml:15:52: upstreams.more.circuit_breaker.window: must be at least 100ms: the window slides in tenths, each a whole number of milliseconds",
             "weir.yaml:15:76: upstreams.more.circuit_breaker.half_open_requests: 1024 is not between 1 and 1023",

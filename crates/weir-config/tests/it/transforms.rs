@@ -45,7 +45,7 @@ fn every_problem_at_its_place() {
              valid header name",
             "weir.yaml:10:44: routes[0].transform.request.headers.set.X-A: unknown variable \
              `${user.name}` (known: consumer.name, request.id, request.ip, path.NAME, \
-             header.NAME)",
+             header.NAME, tls.client_subject)",
             "weir.yaml:10:65: routes[0].transform.request.headers.set.X-B: `${path.name}` is not \
              a parameter of the route's path; the route's path parameters are id",
             "weir.yaml:10:86: routes[0].transform.request.headers.set.X-C: \"${request.id\" has a \

@@ -21,9 +21,8 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 
 /// A pooling HTTPS client for one identity provider (or one Consul agent).
 pub(crate) type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -75,62 +74,14 @@ pub(crate) fn clients(
 /// TLS 1.3 and 1.2 with aws-lc-rs, no client certificate, ALPN `http/1.1` (weir speaks
 /// HTTP/1.1 to identity providers; offering h2 would let a server pick what is not spoken).
 fn client_config(ca_pem: Option<&[u8]>) -> Result<ClientConfig, String> {
-    let roots = match ca_pem {
-        Some(pem) => bundle_roots(pem)?,
-        None => system_roots(load_system_certs()?)?,
-    };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let roots = crate::tls::roots(ca_pem)?;
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// Every certificate of a `ca_file` bundle, each of which must be usable as a trust anchor.
-fn bundle_roots(pem: &[u8]) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
-        let n = i + 1;
-        let cert = cert.map_err(|e| format!("ca_file: certificate {n} does not parse: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("ca_file: certificate {n} is not a usable CA: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("ca_file holds no CERTIFICATE".to_owned());
-    }
-    Ok(roots)
-}
-
-/// The system's trust store, through rustls-native-certs (on Linux: `SSL_CERT_FILE`,
-/// `SSL_CERT_DIR`, else the distribution's bundle, /etc/ssl/certs on Debian).
-fn load_system_certs() -> Result<Vec<CertificateDer<'static>>, String> {
-    let found = rustls_native_certs::load_native_certs();
-    if found.certs.is_empty()
-        && let Some(e) = found.errors.first()
-    {
-        return Err(format!(
-            "no trusted root certificates in the system's trust store ({e}); \
-             install ca-certificates, or set ca_file"
-        ));
-    }
-    Ok(found.certs)
-}
-
-/// A store of the system's certificates; ones that do not parse are skipped (a system
-/// bundle may hold some that webpki refuses), but at least one must be usable.
-fn system_roots(certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(certs);
-    if roots.is_empty() {
-        return Err("no trusted root certificates in the system's trust store; \
-             install ca-certificates, or set ca_file"
-            .to_owned());
-    }
-    Ok(roots)
 }
 
 /// An error with its sources, `: `-separated: hyper-util's "client error (Connect)" alone
@@ -157,28 +108,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_ca_file_without_usable_certificates_is_refused() {
-        assert!(bundle_roots(b"").unwrap_err().contains("no CERTIFICATE"));
-        let junk = b"-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
-        let err = bundle_roots(junk).unwrap_err();
-        assert!(
-            err.starts_with("ca_file: certificate 1 is not a usable CA"),
-            "{err}"
-        );
-    }
-
-    #[test]
     fn only_http_1_1_is_offered() {
         let pem = crate::auth::test_tls::TestCa::new().pem();
         let config = client_config(Some(pem.as_bytes())).unwrap();
         assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
-    }
-
-    #[test]
-    fn an_empty_system_store_is_a_clear_error() {
-        let err = system_roots(Vec::new()).unwrap_err();
-        assert!(err.contains("no trusted root certificates"), "{err}");
-        assert!(err.contains("ca_file"), "{err}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub async fn start_on_workers(yaml: &str, workers: usize) -> (Gateway, Workers) 
     }
     let workers = Workers { halt, threads };
     let loaded = load(yaml, &MapEnv::default());
-    let running = weir::start::start_on(loaded, &handles)
+    let running = weir::start::start_on(loaded, &handles, None)
         .await
         .expect("weir starts");
     let addr = running.addrs[0];
