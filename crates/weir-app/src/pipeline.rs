@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -74,10 +74,35 @@ impl ConnInfo {
     }
 }
 
+/// When each phase of a traced request started and ended. Only a sampled request carries
+/// one, so an untraced request never reads the clock for it.
+#[derive(Debug, Default)]
+pub struct Phases {
+    pub auth: Option<(Instant, Instant)>,
+    pub rate_limit: Option<(Instant, Instant)>,
+    pub cache: Option<(Instant, Instant)>,
+    /// From the first try to the response head (or the last failure).
+    pub upstream: Option<(Instant, Instant)>,
+}
+
+/// The start of a phase, when the request is traced.
+fn phase_start(ex: &Exchange) -> Option<Instant> {
+    ex.phases.is_some().then(Instant::now)
+}
+
+/// Records a phase that started at `start` as ending now.
+fn phase_end(ex: &mut Exchange, start: Option<Instant>, slot: fn(&mut Phases) -> &mut Option<(Instant, Instant)>) {
+    if let (Some(p), Some(start)) = (ex.phases.as_mut(), start) {
+        *slot(p) = Some((start, Instant::now()));
+    }
+}
+
 /// What the pipeline learned about a request, for the access log and metrics, filled in as
 /// far as the request got.
 #[derive(Debug)]
 pub struct Exchange {
+    /// When the request is traced: when each phase ran, for its child span.
+    pub phases: Option<Box<Phases>>,
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
     /// The subject of the client's TLS certificate, when it presented one.
@@ -138,6 +163,7 @@ impl Exchange {
     #[must_use]
     pub fn new(request_id: HeaderValue, client_ip: IpAddr) -> Self {
         Self {
+            phases: None,
             request_id,
             client_ip,
             client_subject: None,
@@ -462,6 +488,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         // The provider whose credential authenticated the request, to take it out.
         let mut credential = None;
         if let Some(auth) = &route.access.auth {
+            let started = phase_start(ex);
             let authenticated = access::authenticate(
                 auth,
                 &self.providers,
@@ -469,8 +496,9 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
                 req.headers(),
                 req.uri().query(),
             )
-            .await
-            .map_err(|f| {
+            .await;
+            phase_end(ex, started, |p| &mut p.auth);
+            let authenticated = authenticated.map_err(|f| {
                 ex.auth_failure = Some(f);
                 access::failure_error(f, route_access.challenges.as_ref())
             })?;
@@ -486,9 +514,11 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
                 headers: req.headers(),
             };
             let mut admission = Admission::default();
+            let started = phase_start(ex);
             let admitted = route_limits
                 .admit(&caller, &self.shared_limiter, &mut admission)
                 .await;
+            phase_end(ex, started, |p| &mut p.rate_limit);
             ex.rate = admission.info;
             ex.rate_overflow = admission.overflowed;
             ex.rate_store_failed = admission.store_failed;
@@ -550,7 +580,11 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
                     consumer,
                 );
                 let request = (req.method(), req.uri(), req.headers());
-                match cached::look(&self.cache, &self.flights, spec, key, request, timeout).await {
+                let started = phase_start(ex);
+                let looked =
+                    cached::look(&self.cache, &self.flights, spec, key, request, timeout).await;
+                phase_end(ex, started, |p| &mut p.cache);
+                match looked {
                     Looked::Answer(reply) => {
                         ex.cache = Some(CacheResult::Hit);
                         return Ok(Outcome::Cached(reply));
@@ -701,7 +735,10 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
             return Ok(Outcome::Cached(reply));
         }
         let primary = self.dest(upstream_id);
-        let failed = match tries::send(&primary, &mut out, hash, timeout, retry, ex).await {
+        let started = phase_start(ex);
+        let sent = tries::send(&primary, &mut out, hash, timeout, retry, ex).await;
+        phase_end(ex, started, |p| &mut p.upstream);
+        let failed = match sent {
             Ok((resp, in_flight)) => {
                 let Some(f) = flow else {
                     return Ok(Outcome::Proxied(resp, in_flight));

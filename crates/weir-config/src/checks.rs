@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::model::Unsupported;
 use crate::node::KeyPath;
 use crate::report::Report;
 use crate::units::{Dur, Size};
@@ -27,17 +26,6 @@ pub(crate) fn size(r: &mut Report<'_>, path: &KeyPath, s: &Size) -> Option<u64> 
     r.check(path, s.get())
 }
 
-/// Reports a recognised key this release does not implement, at the key.
-pub(crate) fn unsupported(r: &mut Report<'_>, path: &KeyPath, value: &Unsupported, message: &str) {
-    if value.is_some() {
-        r.at_key(path, message);
-    }
-}
-
-/// The usual "not supported yet" message for `key`.
-pub(crate) fn not_yet(key: &str) -> String {
-    format!("`{key}` is not supported yet")
-}
 
 /// `IP:PORT`. Host names are not resolved: what is bound must be known at load.
 pub(crate) fn socket_addr(text: &str) -> Result<SocketAddr, String> {

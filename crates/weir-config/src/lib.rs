@@ -189,7 +189,20 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     /// Reload when the configuration file changes.
     pub watch: bool,
+    /// OpenTelemetry tracing, when configured.
+    pub tracing: Option<TracingSettings>,
 }
+
+/// `observability.tracing`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TracingSettings {
+    pub endpoint: String,
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
+// The ratio is checked to be within 0..=1 at load, so it is never NaN.
+impl Eq for TracingSettings {}
 
 /// The top-level `redis` section.
 #[derive(Clone, Debug, PartialEq, Eq)]

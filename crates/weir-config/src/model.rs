@@ -10,9 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{Dur, Size};
 
-/// Any content under a key this release recognises but does not implement yet.
-pub(crate) type Unsupported = Option<serde_json::Value>;
-
 /// The whole file. Its top level is read one section at a time (see `sections`), so that a
 /// mistake in one section does not hide the mistakes of the others.
 #[derive(Clone, Debug, Serialize)]
@@ -390,9 +387,32 @@ pub(crate) struct ObservabilityConfig {
     pub(crate) log: LogConfig,
     /// One line per request.
     pub(crate) access_log: AccessLogConfig,
-    /// OpenTelemetry tracing: not supported yet.
+    /// OpenTelemetry tracing: a span per request, exported over OTLP/gRPC.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) tracing: Unsupported,
+    pub(crate) tracing: Option<TracingConfig>,
+}
+
+/// `observability.tracing`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TracingConfig {
+    /// The OTLP/gRPC collector, `http://HOST:PORT` (4317 is OTLP/gRPC's port).
+    pub(crate) otlp_endpoint: String,
+    /// The share of new traces recorded, 0 to 1; a request with a `traceparent` follows
+    /// its sampled flag instead.
+    #[serde(default = "all")]
+    pub(crate) sample_ratio: f64,
+    /// `service.name` of the spans.
+    #[serde(default = "weir_name")]
+    pub(crate) service_name: String,
+}
+
+const fn all() -> f64 {
+    1.0
+}
+
+fn weir_name() -> String {
+    "weir".to_owned()
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use weir_domain::net::Cidr;
 
-use crate::checks::{duration, not_yet, size, socket_addr, unsupported};
+use crate::checks::{duration, size, socket_addr};
 use crate::model::{FileConfig, LimitsConfig, ObservabilityConfig, RedisConfig};
 use crate::node::KeyPath;
 use crate::report::Report;
@@ -24,6 +24,10 @@ pub(crate) fn build(cfg: &FileConfig, dir: &Path, r: &mut Report<'_>) -> Option<
     let listeners = listeners(cfg, admin.as_ref(), dir, r);
     let limits = limits(&cfg.limits, &root.key("limits"), r);
     let (log, access_log) = observability(&cfg.observability, r);
+    let tracing = match &cfg.observability.tracing {
+        Some(t) => tracing(t, &root.key("observability").key("tracing"), r).map(Some),
+        None => Some(None),
+    };
     let mut trusted_proxies = Some(Vec::with_capacity(cfg.trusted_proxies.len()));
     for (i, cidr) in cfg.trusted_proxies.iter().enumerate() {
         let parsed = r.check(
@@ -51,6 +55,7 @@ pub(crate) fn build(cfg: &FileConfig, dir: &Path, r: &mut Report<'_>) -> Option<
         shutdown_grace: shutdown_grace?,
         redis: redis?,
         watch: cfg.watch,
+        tracing: tracing?,
     })
 }
 
@@ -192,7 +197,6 @@ fn observability(
     r: &mut Report<'_>,
 ) -> (Option<LogSettings>, Option<AccessLogSettings>) {
     let path = KeyPath::root().key("observability");
-    unsupported(r, &path.key("tracing"), &o.tracing, &not_yet("tracing"));
     let level = o.log.level.trim().to_ascii_lowercase();
     let level = if LOG_LEVELS.contains(&level.as_str()) {
         Some(level)
@@ -238,6 +242,41 @@ fn observability(
         target,
     });
     (log, access_log)
+}
+
+fn tracing(
+    t: &crate::model::TracingConfig,
+    path: &KeyPath,
+    r: &mut Report<'_>,
+) -> Option<crate::TracingSettings> {
+    let before = r.issues.len();
+    let endpoint = t.otlp_endpoint.trim();
+    let ok = endpoint
+        .strip_prefix("http://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.trim_end_matches('/').contains('/'));
+    if !ok {
+        r.at(
+            &path.key("otlp_endpoint"),
+            format!(
+                "\"{endpoint}\" is not an OTLP/gRPC endpoint such as http://127.0.0.1:4317 \
+                 (http:// host and port, no path)"
+            ),
+        );
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        r.at(
+            &path.key("sample_ratio"),
+            format!("{} is not between 0 and 1", t.sample_ratio),
+        );
+    }
+    if t.service_name.trim().is_empty() {
+        r.at(&path.key("service_name"), "a service name cannot be empty");
+    }
+    (r.issues.len() == before).then(|| crate::TracingSettings {
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        sample_ratio: t.sample_ratio,
+        service_name: t.service_name.trim().to_owned(),
+    })
 }
 
 /// `redis`: exactly one of `url` and `cluster`, each URL `redis://` or `rediss://`; a

@@ -19,6 +19,8 @@ const QUEUE: usize = 16 * 1024;
 pub struct Record {
     pub time: SystemTime,
     pub request_id: http::HeaderValue,
+    /// The W3C trace id, lowercase hex, when tracing is on.
+    pub trace_id: Option<[u8; 32]>,
     pub client_ip: IpAddr,
     pub method: http::Method,
     /// The path as the client sent it, without the query (queries may carry credentials).
@@ -28,6 +30,8 @@ pub struct Record {
     pub target: Option<Arc<str>>,
     /// The authenticated identity (consumer name or token subject).
     pub consumer: Option<Arc<str>>,
+    /// The subject of the client's TLS certificate (mTLS listeners).
+    pub tls_client: Option<Arc<str>>,
     pub status: u16,
     /// Tries after the first.
     pub retries: u32,
@@ -124,6 +128,11 @@ pub fn format_line(out: &mut String, r: &Record) {
     rfc3339(out, ts);
     out.push_str("\",\"request_id\":");
     json_str(out, &String::from_utf8_lossy(r.request_id.as_bytes()));
+    if let Some(id) = &r.trace_id {
+        out.push_str(",\"trace_id\":\"");
+        out.push_str(std::str::from_utf8(id).unwrap_or_default());
+        out.push('"');
+    }
     let _ = write!(out, ",\"client_ip\":\"{}\",\"method\":", r.client_ip);
     json_str(out, r.method.as_str());
     out.push_str(",\"path\":");
@@ -133,6 +142,7 @@ pub fn format_line(out: &mut String, r: &Record) {
         ("upstream", &r.upstream),
         ("target", &r.target),
         ("consumer", &r.consumer),
+        ("tls_client", &r.tls_client),
     ] {
         let _ = write!(out, ",\"{key}\":");
         match value {
@@ -215,12 +225,14 @@ mod tests {
         let r = Record {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             request_id: http::HeaderValue::from_static("01ABC"),
+            trace_id: Some(*b"4bf92f3577b34da6a3ce929d0e0e4736"),
             client_ip: "127.0.0.1".parse().unwrap(),
             method: http::Method::GET,
             path: "/a\"b\n".into(),
             route: Some("r".into()),
             upstream: None,
             consumer: None,
+            tls_client: Some("CN=alice, O=Example".into()),
             target: None,
             status: 200,
             retries: 2,
@@ -239,6 +251,8 @@ mod tests {
         );
         assert!(s.contains("\"path\":\"/a\\\"b\\u000a\""), "{s}");
         assert!(s.contains("\"upstream\":null"));
+        assert!(s.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""));
+        assert!(s.contains("\"tls_client\":\"CN=alice, O=Example\""));
         assert!(s.contains("\"duration_ms\":1.500"));
         assert!(
             s.contains("\"status\":200,\"retries\":2,\"fallback\":\"static\",\"cache\":\"HIT\",")

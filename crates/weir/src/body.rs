@@ -79,6 +79,8 @@ pub struct Finish {
     pub in_flight: Option<InFlight>,
     /// Present when the access log is on.
     pub log: Option<LogParts>,
+    /// Present when tracing is on.
+    pub trace: Option<crate::trace::RequestTrace>,
 }
 
 /// Access-log fields captured from the request head.
@@ -248,6 +250,18 @@ impl Finish {
         if let Some(f) = self.exchange.auth_failure {
             route_metrics.auth_failures[f.index()].fetch_add(1, Ordering::Relaxed);
         }
+        if let (Some(t), Some(tracer)) = (&self.trace, &snap.tracer) {
+            tracer.finish(
+                t,
+                Instant::now(),
+                &crate::trace::Finished {
+                    ex: &self.exchange,
+                    status: self.status,
+                    route: self.exchange.route.map(|i| &*snap.route_names[i]),
+                    upstream: self.exchange.upstream.map(|i| &*snap.upstream_names[i]),
+                },
+            );
+        }
         if let (Some(log), Some(sink)) = (self.log, &snap.access_log) {
             let route = self
                 .exchange
@@ -265,6 +279,7 @@ impl Finish {
             sink.log(Record {
                 time: std::time::SystemTime::now() - elapsed,
                 request_id: self.exchange.request_id,
+                trace_id: self.trace.as_ref().map(|t| t.trace_id.to_hex()),
                 client_ip: self.exchange.client_ip,
                 method: log.method,
                 path: log.path,
@@ -276,6 +291,7 @@ impl Finish {
                     .principal
                     .as_ref()
                     .map(|p| Arc::clone(&p.name)),
+                tls_client: self.exchange.client_subject.clone(),
                 status: self.status,
                 retries: self.exchange.retries,
                 fallback: self.exchange.fallback.map(FallbackKind::label),

@@ -5,6 +5,7 @@
 //! and the wiring of config, domain, application and infrastructure into a running gateway.
 //! This is the only crate that may name every other one; `main.rs` only calls [`cli::main`].
 
+pub mod acme;
 pub mod activity;
 pub mod admin;
 pub mod bodies;
@@ -27,6 +28,7 @@ pub mod signals;
 pub mod snapshot;
 pub mod start;
 pub mod tls;
+pub mod trace;
 pub mod transcode;
 pub mod upstream_view;
 

@@ -35,7 +35,18 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
         Some(v) if request_id::is_well_formed(v) => v.clone(),
         _ => request_id::generate(),
     };
+    if let Some(challenges) = &snapshot.challenges
+        && !conn.tls
+        && let Some(answer) = crate::acme::http01(challenges, req.uri().path())
+    {
+        return answer;
+    }
     let mut exchange = Exchange::new(request_id, conn.peer_ip);
+    let mut req = req;
+    let trace = snapshot.tracer.as_ref().map(|t| t.begin(&mut req, start));
+    if trace.as_ref().is_some_and(|t| t.sampled) {
+        exchange.phases = Some(Box::default());
+    }
     let log = snapshot.access_log.as_ref().map(|_| LogParts {
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
@@ -164,6 +175,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
         exchange,
         in_flight,
         log,
+        trace,
     };
     response.body_mut().set_finish(Box::new(finish));
     response

@@ -64,6 +64,13 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     pub checks: Checks,
     pub watchers: crate::discovery::Watchers,
+    /// OpenTelemetry tracing, when configured.
+    pub tracer: Option<crate::trace::Tracer>,
+    /// Per listener (same index): its ACME manager, for `tls.acme`.
+    pub acme: Vec<Option<Arc<crate::acme::Managed>>>,
+    /// The pending ACME challenges, when a listener uses ACME (HTTP-01 is answered on
+    /// every plain listener).
+    pub challenges: Option<Arc<weir_infra::acme::Challenges>>,
 }
 
 impl Snapshot {
@@ -150,10 +157,31 @@ impl Snapshot {
                 }
             }
         }
+        let uses_acme = settings
+            .listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.acme.is_some()));
+        let challenges = uses_acme.then(|| {
+            previous
+                .and_then(|p| p.challenges.clone())
+                .unwrap_or_default()
+        });
+        let acme = match &challenges {
+            Some(c) => crate::acme::start(&settings, c, previous.map_or(&[], |p| &p.acme))?,
+            None => Vec::new(),
+        };
         let listeners = settings
             .listeners
             .iter()
-            .map(|l| crate::listener::ListenerRuntime::build(l, &settings.limits, None))
+            .enumerate()
+            .map(|(i, l)| {
+                let dynamic = acme
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .map(|m| m as Arc<dyn weir_infra::tls::server::DynamicCerts>);
+                crate::listener::ListenerRuntime::build(l, &settings.limits, dynamic)
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let authenticator = Auth(weir_infra::auth::Authenticators::new(&auth, workers)?);
         let shared_limiter = Shared(
@@ -186,6 +214,11 @@ impl Snapshot {
         // tasks never keep an old generation alive.
         let weak = Arc::downgrade(&gateway);
         let watchers = crate::discovery::Watchers::start(&gateway);
+        let tracer = settings
+            .tracing
+            .as_ref()
+            .map(crate::trace::Tracer::start)
+            .transpose()?;
         let checks = Checks::start(&gateway.upstreams, move |u| {
             weak.upgrade()
                 .map(|g| g.members(u).set.targets.clone())
@@ -209,6 +242,9 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             checks,
             watchers,
+            tracer,
+            acme,
+            challenges,
         })
     }
 }

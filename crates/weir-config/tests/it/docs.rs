@@ -104,9 +104,6 @@ routes:
     fallback: { upstream: spare }
 ";
 
-/// Keys that are recognised but not supported yet: documented too.
-const NOT_SUPPORTED_YET: &[&str] = &["observability.tracing"];
-
 /// Keys that name files (certificates), which the fixture above cannot hold: documented too.
 const FILE_KEYS: &[&str] = &[
     "listeners[].tls",
@@ -174,7 +171,6 @@ fn every_key_is_documented() {
     paths.sort();
     paths.dedup();
     assert!(paths.len() > 60, "the walk found too few keys: {paths:?}");
-    paths.extend(NOT_SUPPORTED_YET.iter().map(|s| (*s).to_owned()));
     paths.extend(FILE_KEYS.iter().map(|s| (*s).to_owned()));
     let missing: Vec<_> = paths
         .iter()
@@ -186,41 +182,3 @@ fn every_key_is_documented() {
     );
 }
 
-#[test]
-fn every_not_supported_key_is_rejected() {
-    // The list above is the docs' list; each of its keys must really be refused.
-    for key in NOT_SUPPORTED_YET {
-        let yaml = match *key {
-            "watch" => "watch: true\n".to_owned(),
-            k if k.starts_with("upstreams.<name>.") => {
-                let rest = &k["upstreams.<name>.".len()..];
-                let inner = nest(rest);
-                format!("upstreams:\n  u:\n    targets: [{{ url: 'http://a:1' }}]\n    {inner}\n")
-            }
-            k if k.starts_with("routes[].") => {
-                let inner = nest(&k["routes[].".len()..]);
-                format!("routes:\n  - name: r\n    respond: {{}}\n    {inner}\n")
-            }
-            k if k.starts_with("listeners[].") => {
-                let inner = nest(&k["listeners[].".len()..]);
-                format!("listeners:\n  - name: l\n    address: '0.0.0.0:1'\n    {inner}\n")
-            }
-            k => format!("{}\n", nest(k)),
-        };
-        let p = crate::common::problems(&yaml);
-        assert!(
-            p.iter().any(|m| m.contains("not supported yet")),
-            "{key}: {p:?}"
-        );
-    }
-}
-
-/// `a.b.c` as the flow YAML `a: { b: { c: {} } }`.
-fn nest(path: &str) -> String {
-    let parts: Vec<_> = path.split('.').collect();
-    let mut out = "{ x: 1 }".to_owned();
-    for p in parts.iter().rev() {
-        out = format!("{{ {p}: {out} }}");
-    }
-    out[2..out.len() - 2].to_owned()
-}

@@ -342,33 +342,6 @@ observability:
 }
 
 #[test]
-fn recognised_keys_not_supported_yet() {
-    let yaml = "\
-observability:
-  tracing: { otlp_endpoint: 'http://127.0.0.1:4317' }
-redis: { url: 'redis://127.0.0.1' }
-etcd: { endpoints: [http://127.0.0.1:2379] }
-consul: {}
-upstreams:
-  users:
-    discovery: { etcd: { prefix: /weir/users/ } }
-    tls: {}
-    rate_limit: [{ key: global, limit: 100, per: 1s, store: redis }]
-routes:
-  - name: r
-    upstream: users
-    rate_limit: [{ key: ip, limit: 10, per: 1s, store: redis, on_error: deny }]
-    cache: {}
-    transform:
-      request: { headers: {}, query: {} }
-      response: {}
-";
-    let p = problems(yaml);
-    let expected = ["weir.yaml:2:3: observability.tracing: `tracing` is not supported yet"];
-    assert_eq!(p, expected);
-}
-
-#[test]
 fn secrets_never_appear_in_messages() {
     let yaml = "\
 admin:

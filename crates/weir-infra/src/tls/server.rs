@@ -20,8 +20,7 @@ pub trait DynamicCerts: Send + Sync + std::fmt::Debug {
     fn challenge(&self, domain: &str) -> Option<Arc<CertifiedKey>>;
 }
 
-/// ALPN protocol id of TLS-ALPN-01 validation (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub use crate::acme::ACME_TLS_ALPN;
 
 /// What a TLS listener is built from.
 #[derive(Debug, Default)]

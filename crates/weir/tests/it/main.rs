@@ -28,5 +28,6 @@ mod ratelimit_redis;
 mod resilience;
 mod routing;
 mod streaming;
+mod tracing;
 mod transforms;
 mod transforms_body;
