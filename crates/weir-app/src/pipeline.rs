@@ -91,7 +91,11 @@ fn phase_start(ex: &Exchange) -> Option<Instant> {
 }
 
 /// Records a phase that started at `start` as ending now.
-fn phase_end(ex: &mut Exchange, start: Option<Instant>, slot: fn(&mut Phases) -> &mut Option<(Instant, Instant)>) {
+fn phase_end(
+    ex: &mut Exchange,
+    start: Option<Instant>,
+    slot: fn(&mut Phases) -> &mut Option<(Instant, Instant)>,
+) {
     if let (Some(p), Some(start)) = (ex.phases.as_mut(), start) {
         *slot(p) = Some((start, Instant::now()));
     }

@@ -26,7 +26,6 @@ pub(crate) fn size(r: &mut Report<'_>, path: &KeyPath, s: &Size) -> Option<u64> 
     r.check(path, s.get())
 }
 
-
 /// `IP:PORT`. Host names are not resolved: what is bound must be known at load.
 pub(crate) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     let t = text.trim();

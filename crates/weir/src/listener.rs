@@ -12,10 +12,11 @@ use tokio_rustls::TlsAcceptor;
 use weir_config::{Limits, ListenerSettings, TlsVersion};
 use weir_infra::tls::server::{DynamicCerts, ServerTls, server_config};
 
-#[derive(Clone)]
 pub struct ListenerRuntime {
     pub settings: ListenerSettings,
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    /// The edge limits of this generation (header and idle timeouts of its connections).
+    pub limits: Limits,
+    pub builder: auto::Builder<TokioExecutor>,
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -54,7 +55,8 @@ impl ListenerRuntime {
         };
         Ok(Self {
             settings: settings.clone(),
-            builder: Arc::new(connection_builder(settings, limits)),
+            limits: *limits,
+            builder: connection_builder(settings, limits),
             tls,
         })
     }

@@ -134,7 +134,7 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
             .listeners
             .iter()
             .find(|r| r.settings.name == l.name)
-            .cloned()
+            .map(Arc::clone)
         else {
             continue;
         };
@@ -143,7 +143,7 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
         let stats = Arc::clone(&l.stats);
         tokio::spawn(async move {
             stats.active.fetch_add(1, Ordering::Relaxed);
-            let limits = shared.snapshot.load().settings.limits;
+            let limits = runtime.limits;
             match runtime.tls {
                 None => {
                     let info =

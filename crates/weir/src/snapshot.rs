@@ -44,7 +44,7 @@ pub struct Snapshot {
     pub gateway: Arc<Gateway<Forward, Auth, Shared, Arc<Caches>>>,
     pub settings: Settings,
     /// Per listener of `settings` (same index): what its connections are served with.
-    pub listeners: Vec<crate::listener::ListenerRuntime>,
+    pub listeners: Vec<Arc<crate::listener::ListenerRuntime>>,
     /// Kept across reloads by route name, so counters never go back.
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     /// Requests that matched no route (`route=""`).
@@ -180,7 +180,7 @@ impl Snapshot {
                     .cloned()
                     .flatten()
                     .map(|m| m as Arc<dyn weir_infra::tls::server::DynamicCerts>);
-                crate::listener::ListenerRuntime::build(l, &settings.limits, dynamic)
+                crate::listener::ListenerRuntime::build(l, &settings.limits, dynamic).map(Arc::new)
             })
             .collect::<Result<Vec<_>, String>>()?;
         let authenticator = Auth(weir_infra::auth::Authenticators::new(&auth, workers)?);

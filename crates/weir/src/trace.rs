@@ -125,7 +125,10 @@ impl Tracer {
         let mut attributes = vec![
             ("http.request.method", str(method.to_owned())),
             ("url.path", str(path.clone())),
-            ("http.response.status_code", AttrValue::Int(i64::from(about.status))),
+            (
+                "http.response.status_code",
+                AttrValue::Int(i64::from(about.status)),
+            ),
             (
                 "weir.request_id",
                 str(String::from_utf8_lossy(about.ex.request_id.as_bytes()).into_owned()),
@@ -164,8 +167,8 @@ impl Tracer {
         at: &dyn Fn(Instant) -> SystemTime,
         spans: &mut Vec<SpanRecord>,
     ) {
-        let child = |name: &'static str, span_id: SpanId, kind, (s, e): (Instant, Instant)| {
-            SpanRecord {
+        let child =
+            |name: &'static str, span_id: SpanId, kind, (s, e): (Instant, Instant)| SpanRecord {
                 trace_id: t.trace_id,
                 span_id,
                 parent: Some(t.span),
@@ -177,8 +180,7 @@ impl Tracer {
                 error: None,
                 remote_parent: false,
                 trace_state: None,
-            }
-        };
+            };
         let internal = [
             ("auth", phases.auth),
             ("rate_limit", phases.rate_limit),
@@ -199,10 +201,12 @@ impl Tracer {
         if let Some(times) = phases.upstream {
             let mut span = child("upstream", t.upstream, SpanKind::Client, times);
             if let Some(upstream) = about.upstream {
-                span.attributes.push(("weir.upstream", str(upstream.to_owned())));
+                span.attributes
+                    .push(("weir.upstream", str(upstream.to_owned())));
             }
             if let Some(target) = &about.ex.target {
-                span.attributes.push(("server.address", str(target.url.clone())));
+                span.attributes
+                    .push(("server.address", str(target.url.clone())));
             }
             span.attributes
                 .push(("weir.retries", AttrValue::Int(i64::from(about.ex.retries))));

@@ -181,4 +181,3 @@ fn every_key_is_documented() {
         "docs/configuration.md does not document: {missing:?}"
     );
 }
-

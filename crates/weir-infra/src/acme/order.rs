@@ -19,9 +19,8 @@ use instant_acme::{
     Account, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier, NewOrder, OrderStatus,
     RetryPolicy,
 };
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ClientConfig;
+use rustls_pki_types::PrivateKeyDer;
 
 use super::ChallengeKind;
 use super::challenges::{Challenges, Published};
@@ -215,12 +214,8 @@ fn chain(e: &dyn StdError) -> String {
 /// The HTTPS client for the directory: rustls on aws-lc-rs, trusting `ca_pem` (a test CA
 /// such as pebble's) or else the system's roots, HTTP/1.1.
 pub(super) fn http_client(ca_pem: Option<&[u8]>) -> Result<AcmeHttp, String> {
-    let roots = match ca_pem {
-        Some(pem) => pem_roots(pem)?,
-        None => system_roots()?,
-    };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let roots = crate::tls::roots(ca_pem).map_err(|e| format!("ACME: {e}"))?;
+    let config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("ACME TLS setup failed: {e}"))?
         .with_root_certificates(roots)
@@ -235,36 +230,4 @@ pub(super) fn http_client(ca_pem: Option<&[u8]>) -> Result<AcmeHttp, String> {
         .enable_http1()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(https))
-}
-
-fn pem_roots(pem: &[u8]) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
-        let n = i + 1;
-        let cert = cert.map_err(|e| format!("ACME ca_pem: certificate {n} does not parse: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("ACME ca_pem: certificate {n} is not a usable CA: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("ACME ca_pem holds no CERTIFICATE".to_owned());
-    }
-    Ok(roots)
-}
-
-fn system_roots() -> Result<RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
-        let why = found
-            .errors
-            .first()
-            .map_or_else(String::new, |e| format!(" ({e})"));
-        return Err(format!(
-            "no trusted root certificates in the system's trust store{why}; install \
-             ca-certificates"
-        ));
-    }
-    Ok(roots)
 }

@@ -78,13 +78,18 @@ async fn a_request_is_a_server_span_with_children_continuing_the_clients_trace()
     let upstream_parent = echoed_header(&seen, "traceparent").expect("traceparent upstream");
     let parsed = TraceParent::parse(upstream_parent.as_bytes()).expect("a valid traceparent");
     assert_eq!(hex(&parsed.trace_id.0), CLIENT_TRACE);
-    assert_ne!(hex(&parsed.parent_id.0), CLIENT_SPAN, "weir is a hop of its own");
-    assert!(parsed.sampled(), "a sampled parent is followed even at ratio 0");
+    assert_ne!(
+        hex(&parsed.parent_id.0),
+        CLIENT_SPAN,
+        "weir is a hop of its own"
+    );
+    assert!(
+        parsed.sampled(),
+        "a sampled parent is followed even at ratio 0"
+    );
     assert_eq!(echoed_header(&seen, "tracestate"), Some("vendor=abc"));
 
-    let spans = collector
-        .wait_for_spans(4, Duration::from_secs(10))
-        .await;
+    let spans = collector.wait_for_spans(4, Duration::from_secs(10)).await;
     let server = by_name(&spans, "GET orders");
     assert_eq!(hex(&server.trace_id), CLIENT_TRACE);
     assert_eq!(
@@ -110,7 +115,11 @@ async fn a_request_is_a_server_span_with_children_continuing_the_clients_trace()
     for name in ["auth", "rate_limit", "upstream"] {
         let child = by_name(&spans, name);
         assert_eq!(child.trace_id, server.trace_id, "{name}");
-        assert_eq!(child.parent_span_id, Some(server.span_id), "{name} is a child");
+        assert_eq!(
+            child.parent_span_id,
+            Some(server.span_id),
+            "{name} is a child"
+        );
         assert!(
             child.start_unix_nanos >= server.start_unix_nanos
                 && child.end_unix_nanos <= server.end_unix_nanos,
@@ -168,8 +177,8 @@ async fn sampling_is_parent_based_and_unsampled_requests_send_no_spans() {
             .unwrap(),
     )
     .await;
-    let followed = TraceParent::parse(echoed_header(&seen, "traceparent").unwrap().as_bytes())
-        .unwrap();
+    let followed =
+        TraceParent::parse(echoed_header(&seen, "traceparent").unwrap().as_bytes()).unwrap();
     assert_eq!(hex(&followed.trace_id.0), CLIENT_TRACE);
     assert!(!followed.sampled());
     assert_eq!(echoed_header(&seen, "tracestate"), None);
