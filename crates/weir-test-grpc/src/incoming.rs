@@ -150,3 +150,31 @@ impl AsyncWrite for Connection {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+/// A tonic server for `routes` on `listener`, in its own task: its accepted sockets (for
+/// `close_all`) and the switch that stops it (dropping the switch stops it too). `what`
+/// names it in the message printed if it fails.
+pub(crate) fn spawn(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    what: &'static str,
+) -> (SharedSockets, tokio::sync::oneshot::Sender<()>) {
+    let addr = listener.local_addr().ok();
+    let sockets = shared(listener);
+    let incoming = Incoming {
+        sockets: Arc::clone(&sockets),
+    };
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let serving = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                // A closed channel means the owner is gone: stop just the same.
+                let _ = stopped.await;
+            });
+        if let Err(err) = serving.await {
+            eprintln!("{what} on {addr:?} stopped: {err}");
+        }
+    });
+    (sockets, shutdown)
+}

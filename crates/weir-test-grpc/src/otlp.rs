@@ -18,10 +18,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
-use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-use crate::incoming::{self, Incoming, SharedSockets};
+use crate::incoming::{self, SharedSockets};
 
 /// One span as received, flattened out of its resource and scope.
 #[derive(Clone, Debug)]
@@ -87,22 +86,11 @@ impl OtlpCollector {
         let service = TraceServiceServer::new(Collector {
             received: Arc::clone(&received),
         });
-        let sockets = incoming::shared(listener);
-        let incoming = Incoming {
-            sockets: Arc::clone(&sockets),
-        };
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let serving = Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    // A closed channel means the collector is gone: stop just the same.
-                    let _ = stopped.await;
-                });
-            if let Err(err) = serving.await {
-                eprintln!("OTLP test collector on {addr} stopped: {err}");
-            }
-        });
+        let (sockets, shutdown) = incoming::spawn(
+            listener,
+            tonic::service::Routes::new(service),
+            "the OTLP test collector",
+        );
         OtlpCollector {
             addr,
             received,

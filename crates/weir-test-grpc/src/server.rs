@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::transport::Server;
 
-use crate::incoming::{self, Incoming, SharedSockets};
+use crate::incoming::{self, SharedSockets};
 use crate::pb::orders_server::OrdersServer;
 use crate::service::{OrderService, Recorder};
 
@@ -69,22 +68,11 @@ impl TestServer {
         let service = OrdersServer::new(OrderService {
             recorder: Arc::clone(&recorder),
         });
-        let sockets = incoming::shared(listener);
-        let incoming = Incoming {
-            sockets: Arc::clone(&sockets),
-        };
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let serving = Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    // A closed channel means the TestServer is gone: stop just the same.
-                    let _ = stopped.await;
-                });
-            if let Err(err) = serving.await {
-                eprintln!("weir-test-grpc on {addr} stopped: {err}");
-            }
-        });
+        let (sockets, shutdown) = incoming::spawn(
+            listener,
+            tonic::service::Routes::new(service),
+            "weir-test-grpc",
+        );
         TestServer {
             addr,
             recorder,
