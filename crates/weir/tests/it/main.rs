@@ -28,6 +28,7 @@ mod ratelimit_redis;
 mod resilience;
 mod routing;
 mod streaming;
+mod tls_edge;
 mod tracing;
 mod transforms;
 mod transforms_body;

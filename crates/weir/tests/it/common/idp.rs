@@ -561,6 +561,11 @@ impl TestCa {
         self.issuer.pem()
     }
 
+    /// The CA as an rcgen issuer, for certificates of other kinds (`common::tls`).
+    pub fn issuer(&self) -> &rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+        &self.issuer
+    }
+
     /// A server certificate for `names` (DNS names or IP addresses) signed by this CA, and
     /// its key.
     fn server_cert(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {

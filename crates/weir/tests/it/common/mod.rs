@@ -17,6 +17,7 @@ pub mod limits;
 mod process;
 mod raw;
 pub mod redis;
+pub mod tls;
 
 #[allow(unused_imports)]
 pub use backend::*;
