@@ -25,6 +25,7 @@ mod limits;
 mod proxy;
 mod ratelimit;
 mod ratelimit_redis;
+mod reload_live;
 mod resilience;
 mod routing;
 mod streaming;
