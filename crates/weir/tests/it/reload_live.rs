@@ -101,7 +101,7 @@ impl Drop for Live {
 /// Generation `n` of the load test's config: `/gen` answers `n`, `/changed` answers
 /// `changed-n`, and `/extra-n` exists only in even generations.
 fn generation(n: u64) -> String {
-    let extra = if n % 2 == 0 {
+    let extra = if n.is_multiple_of(2) {
         format!(
             "  - name: extra-{n}\n    match: {{ path: /extra-{n} }}\n    respond: {{ status: 200, body: extra }}\n"
         )
@@ -163,7 +163,11 @@ async fn twenty_reloads_under_load_fail_no_request_and_drop_no_connection() {
             let mut conn = BufReader::new(TcpStream::connect(addr).await.unwrap());
             let mut served = 0u64;
             while Instant::now() < stop {
-                let path = if served % 2 == 0 { "/gen" } else { "/changed" };
+                let path = if served.is_multiple_of(2) {
+                    "/gen"
+                } else {
+                    "/changed"
+                };
                 let low = committed.load(Ordering::SeqCst);
                 let (status, body) = request(&mut conn, path)
                     .await
@@ -185,9 +189,9 @@ async fn twenty_reloads_under_load_fail_no_request_and_drop_no_connection() {
         tokio::time::sleep(Duration::from_millis(400)).await;
         if n == 10 {
             // A broken file: line 5 holds a duration without a unit.
-            live.save(&format!(
-                "routes:\n  - name: gen\n    match: {{ path: /gen }}\n    respond: {{ status: 200, body: x }}\n    timeout: 5\n"
-            ));
+            live.save(
+                "routes:\n  - name: gen\n    match: { path: /gen }\n    respond: { status: 200, body: x }\n    timeout: 5\n",
+            );
             let (status, body) = live.reload().await;
             assert_eq!(status, 422, "{body}");
             let p = &body["problems"][0];
@@ -209,7 +213,11 @@ async fn twenty_reloads_under_load_fail_no_request_and_drop_no_connection() {
         committed.store(n, Ordering::SeqCst);
         // Routes added and removed: `/extra-n` exists exactly in even generations.
         let extra = live.get(&format!("/extra-{n}")).await.status().as_u16();
-        assert_eq!(extra, if n % 2 == 0 { 200 } else { 404 }, "generation {n}");
+        assert_eq!(
+            extra,
+            if n.is_multiple_of(2) { 200 } else { 404 },
+            "generation {n}"
+        );
     }
     assert!(broken_seen);
     let mut total = 0;
