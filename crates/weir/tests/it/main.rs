@@ -1,6 +1,7 @@
 //! Integration tests of `weir`, in one binary: a binary per file would link the whole
 //! dependency tree once per file, which costs minutes and gigabytes on a 2-core CI machine.
 
+mod acme_edge;
 mod admin;
 mod auth_jwt;
 mod auth_keys;

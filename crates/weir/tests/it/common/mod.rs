@@ -14,6 +14,7 @@ pub mod faults;
 pub mod grpc;
 pub mod idp;
 pub mod limits;
+pub mod pebble;
 mod process;
 mod raw;
 pub mod redis;
