@@ -13,4 +13,5 @@ mod garbage;
 mod problems;
 mod ratelimit;
 mod resilience;
+mod tls;
 mod transforms;
