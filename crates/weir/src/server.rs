@@ -152,12 +152,24 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
                         .await;
                 }
                 Some(ref acceptor) => {
-                    if let Some((tls, info)) =
-                        crate::tls::accept(stream, peer, acceptor, &shared, &limits).await
-                    {
-                        serve_connection(tls, info, shared, &runtime.builder, conn_stop, limits)
+                    // Boxed: a TLS connection's state is kilobytes, and inline it would
+                    // grow every plain connection's task to its size.
+                    Box::pin(async {
+                        if let Some((tls, info)) =
+                            crate::tls::accept(stream, peer, acceptor, &shared, &limits).await
+                        {
+                            serve_connection(
+                                tls,
+                                info,
+                                shared,
+                                &runtime.builder,
+                                conn_stop,
+                                limits,
+                            )
                             .await;
-                    }
+                        }
+                    })
+                    .await;
                 }
             }
             stats.active.fetch_sub(1, Ordering::Relaxed);

@@ -54,13 +54,19 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     start_on(loaded, &[tokio::runtime::Handle::current()], None).await
 }
 
-/// Loads `path` and serves it on the current runtime; reloads read `path` again.
+/// Loads `path` (with the process's `WEIR_*` variables) and serves it on the current
+/// runtime; reloads read `path` again.
 pub async fn start_file(path: PathBuf) -> Result<Running, StartError> {
     let file = path.clone();
-    let source = Source {
+    start_source(Source {
         path,
         load: Arc::new(move || weir_config::load_file(&file, &ProcessEnv, &Overrides::default())),
-    };
+    })
+    .await
+}
+
+/// Loads `source` and serves it on the current runtime; reloads load it again.
+pub async fn start_source(source: Source) -> Result<Running, StartError> {
     let loaded = (source.load)().map_err(|p| StartError::Build(p.to_string()))?;
     start_on(loaded, &[tokio::runtime::Handle::current()], Some(source)).await
 }

@@ -14,6 +14,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use weir_config::{MapEnv, Overrides};
+
 use crate::common::{Backend, TempDir, client, config, eventually, spawn_weir};
 
 /// weir started from a file, so it can reload it.
@@ -26,7 +28,16 @@ struct Live {
 impl Live {
     async fn start(dir: &TempDir, yaml: &str) -> Self {
         let path = dir.write("weir.yaml", &config(yaml));
-        let running = weir::start::start_file(path.clone())
+        // The test's own environment (WEIR_CONSUL names the test's Consul binary) must not
+        // act as `WEIR_*` overrides of the file.
+        let file = path.clone();
+        let source = weir::reload::Source {
+            path: path.clone(),
+            load: Arc::new(move || {
+                weir_config::load_file(&file, &MapEnv::default(), &Overrides::default())
+            }),
+        };
+        let running = weir::start::start_source(source)
             .await
             .expect("weir starts");
         Self {
