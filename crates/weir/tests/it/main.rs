@@ -1,6 +1,7 @@
 //! Integration tests of `weir`, in one binary: a binary per file would link the whole
 //! dependency tree once per file, which costs minutes and gigabytes on a 2-core CI machine.
 
+mod acme;
 mod acme_edge;
 mod admin;
 mod auth_jwt;
@@ -26,10 +27,11 @@ mod limits;
 mod proxy;
 mod ratelimit;
 mod ratelimit_redis;
-mod reload_live;
+mod reload;
 mod resilience;
 mod routing;
 mod streaming;
+mod tls;
 mod tls_edge;
 mod tracing;
 mod transforms;

@@ -18,6 +18,7 @@ pub mod pebble;
 mod process;
 mod raw;
 pub mod redis;
+pub mod reload;
 pub mod tls;
 
 #[allow(unused_imports)]
