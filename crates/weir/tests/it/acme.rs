@@ -275,7 +275,7 @@ async fn a_restart_serves_the_stored_certificate_at_once_without_the_ca() {
 /// weir started from a file, so that it can be reloaded.
 async fn start_file(dir: &TempDir, yaml: &str) -> (weir::Running, PathBuf) {
     let path = dir.write("weir.yaml", &config(yaml));
-    let running = weir::start::start_file(path.clone())
+    let running = crate::common::start_file(path.clone())
         .await
         .expect("weir starts");
     (running, path)

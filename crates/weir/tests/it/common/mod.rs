@@ -344,3 +344,17 @@ pub async fn eventually_line(path: &Path, needle: &str) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// weir started from the file at `path`, so it can reload it. The file is read with an empty
+/// environment: the test's own variables (`WEIR_CONSUL` names the test's Consul binary) must
+/// not act as `WEIR_*` overrides of the file.
+pub async fn start_file(path: PathBuf) -> Result<weir::Running, weir::StartError> {
+    let file = path.clone();
+    weir::start::start_source(weir::reload::Source {
+        path,
+        load: std::sync::Arc::new(move || {
+            weir_config::load_file(&file, &MapEnv::default(), &Overrides::default())
+        }),
+    })
+    .await
+}

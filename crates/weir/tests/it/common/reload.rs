@@ -40,7 +40,7 @@ impl Live {
 
     /// Starts weir from `path`, a file (or a link to one) the test prepared in `dir`.
     pub async fn start_at(dir: TempDir, path: PathBuf) -> Self {
-        let running = weir::start::start_file(path.clone())
+        let running = crate::common::start_file(path.clone())
             .await
             .unwrap_or_else(|e| {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
