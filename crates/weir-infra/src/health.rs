@@ -29,11 +29,12 @@ impl Drop for Checks {
 }
 
 impl Checks {
-    /// Starts probes for every upstream with `health_check.active`. `current(u)` gives
+    /// Starts probes for every upstream with `health_check.active`, with `clients[u]` (the
+    /// upstream's own client, so TLS settings are shared). `current(u)` gives
     /// upstream `u`'s targets at the moment (they change with discovery); it is asked
     /// before each round, so new targets are probed and removed ones are not.
     #[must_use]
-    pub fn start<C>(upstreams: &[Upstream], current: C) -> Self
+    pub fn start<C>(upstreams: &[Upstream], clients: &[&UpstreamClient], current: C) -> Self
     where
         C: Fn(usize) -> Vec<Arc<Target>> + Send + Sync + Clone + 'static,
     {
@@ -42,15 +43,11 @@ impl Checks {
             let Some(policy) = upstream.health_check.clone() else {
                 continue;
             };
-            let timeout = upstream.timeouts.connect.min(policy.timeout);
-            let client = match UpstreamClient::of(upstream, timeout, 1) {
-                Ok(c) => c,
-                Err(e) => {
-                    // The snapshot built the same client before; this cannot fail alone.
-                    tracing::error!(error = %e, "health checks not started");
-                    continue;
-                }
+            // The forwarder's client (its TLS config built once), with the probe's timeout.
+            let Some(client) = clients.get(u) else {
+                continue;
             };
+            let client = client.with_connect_timeout(upstream.timeouts.connect.min(policy.timeout));
             let name: Arc<str> = Arc::from(upstream.name.as_str());
             let current = current.clone();
             tasks.push(tokio::spawn(async move {

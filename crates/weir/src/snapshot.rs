@@ -219,7 +219,8 @@ impl Snapshot {
             .as_ref()
             .map(crate::trace::Tracer::start)
             .transpose()?;
-        let checks = Checks::start(&gateway.upstreams, move |u| {
+        let clients: Vec<&UpstreamClient> = gateway.forwarders.iter().map(|f| &f.client).collect();
+        let checks = Checks::start(&gateway.upstreams, &clients, move |u| {
             weak.upgrade()
                 .map(|g| g.members(u).set.targets.clone())
                 .unwrap_or_default()

@@ -67,10 +67,10 @@ impl Tracer {
 
     /// Reads the client's context from the request and puts the upstream's in its place.
     pub fn begin<B>(&self, req: &mut http::Request<B>, start: Instant) -> RequestTrace {
-        let target = (req.method().clone(), req.uri().path().to_owned());
         let mut t = self.context(req.headers_mut(), start);
+        // Only a sampled request pays for copying what its span names.
         if t.sampled {
-            t.target = Some(target);
+            t.target = Some((req.method().clone(), req.uri().path().to_owned()));
         }
         t
     }

@@ -57,7 +57,7 @@ fn a_listener_with_good_certificates_loads_and_the_key_stays_secret() {
     let loaded = ok(&format!(
         "listeners:
   - name: tls
-    address: 127.0.0.1:8443
+    address: 127.0.0.1:0
     tls:
       certificates:
         - {{ cert_file: '{a_crt}', key_file: '{a_key}' }}
@@ -83,19 +83,19 @@ fn listener_tls_problems_are_reported_at_their_keys() {
     let p = problems(&format!(
         "listeners:
   - name: mismatched
-    address: 127.0.0.1:8443
+    address: 127.0.0.1:0
     tls:
       certificates: [{{ cert_file: '{a_crt}', key_file: '{other_key}' }}]
       min_version: '1.1'
   - name: missing
-    address: 127.0.0.1:8444
+    address: 127.0.0.1:0
     tls:
       certificates: [{{ cert_file: '{missing}', key_file: '{other_key}' }}]
   - name: neither
-    address: 127.0.0.1:8445
+    address: 127.0.0.1:0
     tls: {{}}
   - name: both
-    address: 127.0.0.1:8446
+    address: 127.0.0.1:0
     tls:
       certificates: [{{ cert_file: '{a_crt}', key_file: '{other_key}' }}]
       acme: {{ directory: 'http://acme.test/dir', domains: ['10.0.0.1', ''], storage_dir: '' }}
@@ -220,7 +220,7 @@ fn listener_tls_problems_exactly() {
         &d,
         "listeners:
   - name: l0
-    address: 127.0.0.1:8443
+    address: 127.0.0.1:0
     tls:
       certificates:
         - { cert_file: a.crt, key_file: other.key }
@@ -228,19 +228,19 @@ fn listener_tls_problems_exactly() {
         - { cert_file: junk.pem, key_file: junk.pem }
       min_version: '1.1'
   - name: l1
-    address: 127.0.0.1:8444
+    address: 127.0.0.1:0
     tls: { min_version: '1.3' }
   - name: l2
-    address: 127.0.0.1:8445
+    address: 127.0.0.1:0
     tls:
       certificates: [{ cert_file: a.crt, key_file: a.key }]
       acme: { directory: 'https://acme.test/dir', domains: [a.test], storage_dir: acme }
   - name: l3
-    address: 127.0.0.1:8446
+    address: 127.0.0.1:0
     tls:
       acme: { directory: 'http://acme.test/dir', domains: [], storage_dir: acme, email: ops }
   - name: l4
-    address: 127.0.0.1:8447
+    address: 127.0.0.1:0
     tls:
       acme: { directory: 'https://acme.test/dir', domains: ['10.0.0.1', '*.a.test', ''], storage_dir: '' }
 ",
@@ -318,7 +318,7 @@ fn a_client_ca_file_without_certificates_is_explained_as_a_client_ca() {
         &d,
         "listeners:
   - name: l0
-    address: 127.0.0.1:8443
+    address: 127.0.0.1:0
     tls:
       certificates: [{ cert_file: a.crt, key_file: a.key }]
       client_ca_file: junk.pem

@@ -288,15 +288,15 @@ async fn the_task_ends_when_every_handle_is_dropped() {
 
 #[tokio::test]
 async fn bad_settings_are_errors() {
-    let ok = || settings("http://127.0.0.1:4317".to_owned());
+    let ok = || settings("http://collector.invalid:4317".to_owned());
     assert!(SpanExporter::start(ok()).is_ok());
-    assert!(SpanExporter::start(settings("http://collector.example:4317/".to_owned())).is_ok());
+    assert!(SpanExporter::start(settings("http://collector.invalid:4317/".to_owned())).is_ok());
     for (endpoint, says) in [
         ("", "not a URL"),
-        ("127.0.0.1:4317", "must start with http://"),
-        ("grpc://127.0.0.1:4317", "must start with http://"),
-        ("https://127.0.0.1:4317", "TLS"),
-        ("http://127.0.0.1:4318/v1/traces", "no path"),
+        ("collector.invalid:4317", "must start with http://"),
+        ("grpc://collector.invalid:4317", "must start with http://"),
+        ("https://collector.invalid:4317", "TLS"),
+        ("http://collector.invalid:4318/v1/traces", "no path"),
         ("http://", "not a URL"),
         ("http://exa mple:4317", "not a URL"),
     ] {
