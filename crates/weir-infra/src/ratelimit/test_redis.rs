@@ -158,12 +158,20 @@ impl TestCluster {
         let dir = std::env::temp_dir().join(format!("weir-redis-cluster-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cluster dir");
-        let mut nodes = Vec::new();
-        for _ in 0..3 {
-            let port = free_port();
+        let mut nodes: Vec<TestRedis> = Vec::new();
+        let mut taken: Vec<u16> = Vec::new();
+        let mut attempts = 0;
+        while nodes.len() < 3 {
+            attempts += 1;
+            assert!(attempts <= 10, "cluster node did not start in 10 attempts");
             // The bus port would default to `port + 10000`: a port nobody checked is free,
-            // and past 65535 for high ephemeral ports. Pick a free one too.
-            let bus = free_port();
+            // and past 65535 for high ephemeral ports. Pick a free one too. A port handed
+            // out and taken back can be handed out again (to us, or to a test running
+            // beside us), so ports are kept distinct and a node that exits is retried.
+            let port = free_port_except(&taken);
+            taken.push(port);
+            let bus = free_port_except(&taken);
+            taken.push(bus);
             let child = Command::new("redis-server")
                 .current_dir(&dir)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -175,17 +183,28 @@ impl TestCluster {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start redis-server");
-            let node = TestRedis {
+            let mut node = TestRedis {
                 port,
                 child: Some(child),
                 tls: None,
             };
             let deadline = Instant::now() + Duration::from_secs(10);
+            let mut started = true;
             while !node.pings() {
+                let exited = node
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited {
+                    started = false;
+                    break;
+                }
                 assert!(Instant::now() < deadline, "cluster node did not start");
                 std::thread::sleep(Duration::from_millis(20));
             }
-            nodes.push(node);
+            if started {
+                nodes.push(node);
+            }
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -235,4 +254,14 @@ impl Drop for TestCluster {
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
+}
+
+/// A free port that is none of `taken`.
+fn free_port_except(taken: &[u16]) -> u16 {
+    loop {
+        let port = free_port();
+        if !taken.contains(&port) {
+            return port;
+        }
+    }
 }
