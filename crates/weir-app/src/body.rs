@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -30,10 +30,10 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         remaining: u64,
-        // Set when the limit is passed, for a sender that does not hand the body's error
-        // back (an HTTP/2 client sends the body from its own task and only resets the
-        // stream).
-        tripped: Option<Arc<AtomicBool>>,
+        // Set when the limit is passed or the client's stream fails, for a sender that does
+        // not hand the body's error back (an HTTP/2 client sends the body from its own task
+        // and only resets the stream).
+        tripped: Option<Tripped>,
     }
 }
 
@@ -46,11 +46,54 @@ impl<B> LimitedBody<B> {
         }
     }
 
-    /// Also records passing the limit in a flag that [`ReqBody::tripped`] hands out.
+    /// Also records how the body failed in a flag that [`ReqBody::tripped`] hands out.
     #[must_use]
     pub fn watched(mut self) -> Self {
-        self.tripped = Some(Arc::new(AtomicBool::new(false)));
+        self.tripped = Some(Tripped::default());
         self
+    }
+}
+
+/// How a streamed request body failed, if it did: shared between the body and the code
+/// that reads the forwarder's error.
+#[derive(Debug, Clone, Default)]
+pub struct Tripped(Arc<AtomicU8>);
+
+const TOO_LARGE: u8 = 1;
+const CLIENT: u8 = 2;
+
+impl Tripped {
+    /// The body passed the route's limit.
+    #[must_use]
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == TOO_LARGE
+    }
+
+    /// The client's stream failed: a malformed chunk, or the client went away mid-body.
+    #[must_use]
+    pub fn client_failed(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == CLIENT
+    }
+
+    fn set(&self, why: u8) {
+        self.0.store(why, Ordering::Relaxed);
+    }
+}
+
+/// The error a [`LimitedBody`] yields when the client's own stream fails, so the failure is
+/// not taken for the upstream's.
+#[derive(Debug)]
+pub struct ClientBodyError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reading the request body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
@@ -74,7 +117,7 @@ where
                     if len > *this.remaining {
                         *this.remaining = 0;
                         if let Some(t) = this.tripped {
-                            t.store(true, Ordering::Relaxed);
+                            t.set(TOO_LARGE);
                         }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
@@ -82,7 +125,12 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(t) = this.tripped {
+                    t.set(CLIENT);
+                }
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into())))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -100,9 +148,19 @@ where
 /// True when `BodyTooLarge` is somewhere in the error's source chain.
 #[must_use]
 pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    in_chain::<BodyTooLarge>(err)
+}
+
+/// True when a [`ClientBodyError`] is somewhere in the error's source chain.
+#[must_use]
+pub fn is_client_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    in_chain::<ClientBodyError>(err)
+}
+
+fn in_chain<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if e.is::<BodyTooLarge>() {
+        if e.is::<E>() {
             return true;
         }
         cur = e.source();
@@ -120,9 +178,9 @@ pub enum ReqBody<B> {
 }
 
 impl<B> ReqBody<B> {
-    /// The flag a watched stream sets when it passes the route's limit.
+    /// The flag a watched stream sets when it passes the route's limit or the client fails.
     #[must_use]
-    pub fn tripped(&self) -> Option<Arc<AtomicBool>> {
+    pub fn tripped(&self) -> Option<Tripped> {
         match self {
             Self::Stream(s) => s.tripped.clone(),
             _ => None,

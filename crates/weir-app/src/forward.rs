@@ -12,6 +12,8 @@ pub enum ForwardError {
     Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The request body exceeded the route's limit while streaming.
     BodyTooLarge,
+    /// The client's request body failed while streaming (malformed, or cut off).
+    ClientBody,
     /// The upstream closed or broke the exchange before a response head arrived.
     Other(Box<dyn std::error::Error + Send + Sync>),
     /// No response head within the try's time.
@@ -23,6 +25,7 @@ impl std::fmt::Display for ForwardError {
         match self {
             Self::Connect(e) => write!(f, "connect failed: {e}"),
             Self::BodyTooLarge => f.write_str("request body too large"),
+            Self::ClientBody => f.write_str("the client's request body failed"),
             Self::Other(e) => write!(f, "upstream exchange failed: {e}"),
             Self::Timeout => f.write_str("no response head in time"),
         }

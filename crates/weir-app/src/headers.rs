@@ -169,6 +169,41 @@ pub fn set_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&Hea
     }
 }
 
+/// Refuses a request whose host is missing or in doubt, so routing by host and the upstream
+/// cannot disagree about it: an HTTP/1.1 request without `Host`, more than one `Host`, a
+/// `Host` that is not a host (RFC 9112 §3.2), or a target with an authority (absolute form,
+/// HTTP/2 `:authority`) naming another host than `Host` (RFC 9113 §8.3.1).
+pub fn check_host(
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<(), &'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return if version == http::Version::HTTP_11 {
+            Err("an HTTP/1.1 request needs a Host header")
+        } else {
+            Ok(())
+        };
+    };
+    if hosts.next().is_some() {
+        return Err("the request has more than one Host header");
+    }
+    let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) else {
+        return Err("the Host header is not a host");
+    };
+    if authority.as_str().contains('@') {
+        return Err("the Host header is not a host");
+    }
+    if let Some(target) = uri.authority()
+        && !(target.host().eq_ignore_ascii_case(authority.host())
+            && target.port_u16() == authority.port_u16())
+    {
+        return Err("the request target names another host than the Host header");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +286,30 @@ mod tests {
             "203.0.113.9".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_ip(peer, false, &h, &trusted), peer);
+    }
+
+    #[test]
+    fn hosts_in_doubt_are_refused() {
+        use http::Version;
+        let check = |version, uri: &str, hosts: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in hosts {
+                h.append(header::HOST, HeaderValue::from_str(v).unwrap());
+            }
+            check_host(version, &uri.parse().unwrap(), &h)
+        };
+        assert!(check(Version::HTTP_11, "/", &["a.example"]).is_ok());
+        assert!(check(Version::HTTP_11, "/", &["a.example:8080"]).is_ok());
+        assert!(check(Version::HTTP_11, "http://A.example/x", &["a.example"]).is_ok());
+        assert!(check(Version::HTTP_10, "/", &[]).is_ok());
+        assert!(check(Version::HTTP_2, "https://a.example/", &[]).is_ok());
+        assert!(check(Version::HTTP_11, "/", &[]).is_err());
+        assert!(check(Version::HTTP_11, "http://a.example/", &[]).is_err());
+        assert!(check(Version::HTTP_11, "/", &["a", "a"]).is_err());
+        assert!(check(Version::HTTP_11, "/", &["a b"]).is_err());
+        assert!(check(Version::HTTP_11, "/", &["u@a"]).is_err());
+        assert!(check(Version::HTTP_11, "http://b.example/", &["a.example"]).is_err());
+        assert!(check(Version::HTTP_11, "http://a.example:81/", &["a.example"]).is_err());
+        assert!(check(Version::HTTP_2, "https://b.example/", &["a.example"]).is_err());
     }
 }

@@ -428,6 +428,8 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
     {
         // Oversized heads are refused before any work is spent on them.
         check_header_size(req.headers(), self.max_header_bytes)?;
+        headers::check_host(req.version(), req.uri(), req.headers())
+            .map_err(|e| GatewayError::new(ErrorKind::BadRequest, e))?;
         // Route and forward the same normalized path, so they cannot disagree.
         let path = path::normalize(req.uri().path())
             .map_err(|e| GatewayError::new(ErrorKind::BadRequest, e.to_string()))?;

@@ -184,6 +184,12 @@ where
                 // The client's fault, not the target's: no outcome to record.
                 return Err(crate::pipeline::payload_too_large(out.max_body));
             }
+            Err(ForwardError::ClientBody) => {
+                return Err(GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "the request body is malformed or was cut off",
+                ));
+            }
             Err(ForwardError::Connect(e)) => {
                 report_connect_failure(upstream, target, &*e);
                 (Some(Failure::Connect), None)

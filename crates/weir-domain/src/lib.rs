@@ -14,6 +14,7 @@ pub mod cache;
 pub mod clock;
 pub mod discovery;
 pub mod error;
+pub mod framing;
 pub mod grpc;
 pub mod health;
 pub mod limiter;

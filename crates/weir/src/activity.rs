@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use weir_app::clock::now_ms;
+use weir_domain::framing::{Ambiguity, Framing};
 
 /// Shared between the socket wrapper, the service and the watchdog of one connection.
 #[derive(Debug)]
@@ -27,6 +28,34 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// HTTP/2 multiplexes: there is no "request head in progress" to time.
     multiplexed: AtomicBool,
+    /// HTTP/1 requests started on this connection.
+    requests: AtomicU32,
+    /// The first request the framing guard refused: its index << 8 | why; `NONE` if none.
+    refused: AtomicU64,
+}
+
+const NONE: u64 = u64::MAX;
+
+fn ambiguity_code(a: Ambiguity) -> u64 {
+    match a {
+        Ambiguity::BareLf => 0,
+        Ambiguity::DuplicateLength => 1,
+        Ambiguity::LengthAndEncoding => 2,
+        Ambiguity::BadLength => 3,
+        Ambiguity::BadChunk => 4,
+        Ambiguity::BadEncoding => 5,
+    }
+}
+
+fn ambiguity_of(code: u64) -> Ambiguity {
+    match code {
+        0 => Ambiguity::BareLf,
+        1 => Ambiguity::DuplicateLength,
+        2 => Ambiguity::LengthAndEncoding,
+        3 => Ambiguity::BadLength,
+        5 => Ambiguity::BadEncoding,
+        _ => Ambiguity::BadChunk,
+    }
 }
 
 impl Default for Activity {
@@ -38,18 +67,25 @@ impl Default for Activity {
             head_since: AtomicU64::new(now),
             idle_since: AtomicU64::new(now),
             multiplexed: AtomicBool::new(false),
+            requests: AtomicU32::new(0),
+            refused: AtomicU64::new(NONE),
         }
     }
 }
 
 impl Activity {
-    /// A request head is complete and handed to the service.
-    pub fn request_started(&self, http2: bool) {
+    /// A request head is complete and handed to the service. Returns why the framing guard
+    /// refused it, if it did: the socket wrapper read its head before hyper parsed it.
+    pub fn request_started(&self, http2: bool) -> Option<Ambiguity> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
         if http2 {
             self.multiplexed.store(true, Ordering::Relaxed);
+            return None;
         }
+        let index = u64::from(self.requests.fetch_add(1, Ordering::Relaxed));
+        let refused = self.refused.load(Ordering::Relaxed);
+        (refused != NONE && index >= refused >> 8).then(|| ambiguity_of(refused & 0xff))
     }
 
     /// The service returned its response (the body may still be streaming).
@@ -110,6 +146,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: S,
         activity: std::sync::Arc<Activity>,
+        framing: Framing,
         linger: Option<Pin<Box<tokio::time::Sleep>>>,
         drained: usize,
     }
@@ -120,6 +157,7 @@ impl<S> Watched<S> {
         Self {
             inner,
             activity,
+            framing: Framing::default(),
             linger: None,
             drained: 0,
         }
@@ -137,6 +175,15 @@ impl<S: AsyncRead> AsyncRead for Watched<S> {
         let r = this.inner.poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.on_read();
+            if !this.framing.is_off() {
+                this.framing.feed(&buf.filled()[before..]);
+                if let Some((index, why)) = this.framing.refused() {
+                    this.activity.refused.store(
+                        (u64::from(index) << 8) | ambiguity_code(why),
+                        Ordering::Relaxed,
+                    );
+                }
+            }
         }
         r
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use weir_app::body::{ReqBody, is_body_too_large};
+use weir_app::body::{ReqBody, Tripped, is_body_too_large, is_client_body_error};
 use weir_app::limits::{SharedAnswer, SharedCheck, SharedLimiter};
 use weir_app::{Authenticator, Connector, ForwardError, Forwarder};
 use weir_domain::auth::{ProviderId, Verdict};
@@ -73,9 +73,15 @@ impl Forwarder<UpstreamBody> for Forward {
             Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(Box::new(e))),
             // The client's body passed the limit: not the target's failure.
             Ok(Err(e))
-                if is_body_too_large(&e) || tripped.is_some_and(|t| t.load(Ordering::Relaxed)) =>
+                if is_body_too_large(&e) || tripped.as_ref().is_some_and(Tripped::too_large) =>
             {
                 return Err(ForwardError::BodyTooLarge);
+            }
+            Ok(Err(e))
+                if is_client_body_error(&e)
+                    || tripped.as_ref().is_some_and(Tripped::client_failed) =>
+            {
+                return Err(ForwardError::ClientBody);
             }
             Ok(Err(e)) => Err(ForwardError::Other(Box::new(e))),
         };

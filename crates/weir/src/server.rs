@@ -201,10 +201,11 @@ async fn serve_connection<S>(
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&ctx);
         Box::pin(async move {
-            ctx.activity
+            let refused = ctx
+                .activity
                 .request_started(req.version() == Version::HTTP_2);
             let _done = RequestDone(&ctx.activity);
-            Ok::<_, Infallible>(service::handle(req, &ctx.shared, &ctx.info).await)
+            Ok::<_, Infallible>(service::handle(req, &ctx.shared, &ctx.info, refused).await)
         })
     });
     let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, svc));

@@ -13,14 +13,21 @@ use hyper::body::Incoming;
 use weir_app::headers::{X_REQUEST_ID, is_upgrade, remove_hop_by_hop};
 use weir_app::pipeline::{ConnInfo, Exchange, Outcome};
 use weir_app::request_id;
+use weir_domain::framing::Ambiguity;
 use weir_infra::metrics::method_index;
 
 use crate::body::{Body, CountingBody, Finish, LogParts};
 use crate::server::Shared;
 use crate::{grpc, problem};
 
-/// Handles one request. Never fails: every error is already a response.
-pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) -> Response<Body> {
+/// Handles one request. Never fails: every error is already a response. `refused` is the
+/// framing guard's verdict on this request's head (see `weir_domain::framing`).
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    conn: &ConnInfo,
+    refused: Option<Ambiguity>,
+) -> Response<Body> {
     let start = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let method_index = method_index(req.method());
@@ -58,16 +65,26 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     let client_version = req.version();
     let http1_with_body = client_version <= Version::HTTP_11 && !req.body().is_end_stream();
     let mut req = req.map(|b| CountingBody::new(b, log.as_ref().map(|l| Arc::clone(&l.bytes_in))));
+    let asked_upgrade = req.headers().contains_key(header::UPGRADE);
     // The client side of a WebSocket switch must be claimed before the request is consumed.
     let client_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
 
-    let result = snapshot.gateway.handle(req, conn, &mut exchange).await;
+    let result = match refused {
+        // Nothing of an ambiguous request is forwarded.
+        Some(why) => Err(weir_app::GatewayError::new(
+            weir_domain::ErrorKind::BadRequest,
+            why.describe(),
+        )),
+        None => snapshot.gateway.handle(req, conn, &mut exchange).await,
+    };
     let answered_by_weir = !matches!(result, Ok(Outcome::Proxied(..)));
+    let mut switched = false;
     let mut in_flight = None;
     let mut response = match result {
         Ok(Outcome::Proxied(mut resp, guard)) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            switched = switching;
             match (switching, client_upgrade) {
                 (true, None) => {
                     // An upstream may not switch protocols the client did not ask for.
@@ -158,7 +175,13 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared, conn: &ConnInfo) ->
     snapshot
         .gateway
         .decorate(&mut exchange, response.headers_mut());
-    if answered_by_weir && http1_with_body {
+    // A malformed request ends its connection: what follows it on the wire is in doubt. So
+    // does an upgrade that did not happen, since the framing guard stopped reading there.
+    let malformed = answered_by_weir && response.status() == StatusCode::BAD_REQUEST;
+    let unswitched = asked_upgrade && !switched;
+    if client_version <= Version::HTTP_11
+        && (malformed || unswitched || (answered_by_weir && http1_with_body))
+    {
         response
             .headers_mut()
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));

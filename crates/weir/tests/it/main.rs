@@ -30,6 +30,7 @@ mod ratelimit_redis;
 mod reload;
 mod resilience;
 mod routing;
+mod smuggling;
 mod streaming;
 mod tls;
 mod tls_edge;

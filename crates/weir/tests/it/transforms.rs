@@ -356,11 +356,11 @@ async fn no_template_input_can_add_a_header_line_upstream_or_to_the_client() {
             None,
         ),
         (
-            // The LF ends the X-Tenant line: `Evil: x` is the client's own next header,
-            // forwarded as any client header is; the template copies only `a`.
+            // Parsers disagree on a bare LF (some end the line there, some do not): the
+            // framing guard refuses it (see smuggling.rs).
             "bare LF ending a line",
             b"GET /items/1 HTTP/1.1\r\nHost: t\r\nX-Tenant: a\nEvil: x\r\nConnection: close\r\n\r\n",
-            Some("a"),
+            None,
         ),
     ];
     for (what, request, expected) in attempts {

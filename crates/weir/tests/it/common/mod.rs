@@ -17,6 +17,7 @@ pub mod limits;
 pub mod pebble;
 mod process;
 mod raw;
+pub mod recorder;
 pub mod redis;
 pub mod reload;
 pub mod tls;
