@@ -204,7 +204,26 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
 /// Removes every `X-Consumer*` header a client sent: only weir says who the caller is.
 /// Most requests carry none, so the common case only reads the names.
 pub(crate) fn remove_client_identity(headers: &mut HeaderMap) {
-    let is_identity = |n: &HeaderName| n.as_str().starts_with("x-consumer");
+    // `X_Consumer` too: CGI-style servers (PHP, WSGI, Rack) read it as `HTTP_X_CONSUMER`,
+    // and `X_Forwarded_For` as the `X-Forwarded-For` weir sets.
+    let is_identity = |n: &HeaderName| {
+        let b = n.as_str().as_bytes();
+        let same = |want: &[u8]| {
+            b.iter()
+                .zip(want)
+                .all(|(&got, &w)| got == w || (w == b'-' && got == b'_'))
+        };
+        (b.len() >= 10 && same(b"x-consumer"))
+            || (b.contains(&b'_')
+                && [
+                    &b"x-forwarded-for"[..],
+                    b"x-forwarded-proto",
+                    b"x-forwarded-host",
+                    b"x-request-id",
+                ]
+                .iter()
+                .any(|w| w.len() == b.len() && same(w)))
+    };
     if !headers.keys().any(is_identity) {
         return;
     }

@@ -61,6 +61,7 @@ pub struct Tripped(Arc<AtomicU8>);
 
 const TOO_LARGE: u8 = 1;
 const CLIENT: u8 = 2;
+const DONE: u8 = 3;
 
 impl Tripped {
     /// The body passed the route's limit.
@@ -73,6 +74,13 @@ impl Tripped {
     #[must_use]
     pub fn client_failed(&self) -> bool {
         self.0.load(Ordering::Relaxed) == CLIENT
+    }
+
+    /// The client's body has not ended yet: a timeout now is the client's slowness, not the
+    /// upstream's.
+    #[must_use]
+    pub fn unfinished(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != DONE
     }
 
     fn set(&self, why: u8) {
@@ -109,8 +117,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.remaining() as u64;
@@ -123,6 +131,11 @@ where
                     }
                     *this.remaining -= len;
                 }
+                if let Some(t) = this.tripped
+                    && this.inner.is_end_stream()
+                {
+                    t.set(DONE);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -131,7 +144,12 @@ where
                 }
                 Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into())))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(t) = this.tripped {
+                    t.set(DONE);
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -14,6 +14,8 @@ pub enum ForwardError {
     BodyTooLarge,
     /// The client's request body failed while streaming (malformed, or cut off).
     ClientBody,
+    /// The try's time ran out while the client was still sending its body.
+    ClientSlow,
     /// The upstream closed or broke the exchange before a response head arrived.
     Other(Box<dyn std::error::Error + Send + Sync>),
     /// No response head within the try's time.
@@ -26,6 +28,7 @@ impl std::fmt::Display for ForwardError {
             Self::Connect(e) => write!(f, "connect failed: {e}"),
             Self::BodyTooLarge => f.write_str("request body too large"),
             Self::ClientBody => f.write_str("the client's request body failed"),
+            Self::ClientSlow => f.write_str("the client's request body did not arrive in time"),
             Self::Other(e) => write!(f, "upstream exchange failed: {e}"),
             Self::Timeout => f.write_str("no response head in time"),
         }

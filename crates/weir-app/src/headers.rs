@@ -53,9 +53,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     // Headers the sender named in `Connection` are hop-by-hop too; plain `keep-alive` and
     // `close` name none, so the common case allocates nothing.
-    if let Some(conn) = headers.get(header::CONNECTION)
-        && (conn.as_bytes().contains(&b',') || !is_standard_connection_token(conn.as_bytes()))
-    {
+    // Every `Connection` line counts: `close` on one and a name on the next is still a name.
+    if headers.get_all(header::CONNECTION).iter().any(|conn| {
+        conn.as_bytes().contains(&b',') || !is_standard_connection_token(conn.as_bytes())
+    }) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -63,7 +64,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
+            // `Host` names the resource, not the connection: without it an upstream that
+            // serves several hosts would answer for its default one.
+            if !(keep_upgrade && name == header::UPGRADE) && name != header::HOST {
                 headers.remove(name);
             }
         }

@@ -473,6 +473,13 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
             }
         };
         let route = found.route;
+        if !route.allow_ambiguous_paths && path::is_ambiguous(&path) {
+            return Err(GatewayError::new(
+                ErrorKind::BadRequest,
+                "the request path has a separator servers read differently \
+                 (an encoded slash or backslash, a backslash, or `..;`)",
+            ));
+        }
         // Template parameters, for transforms that name them (kept past the path's borrow).
         let params: Vec<(&str, String)> =
             if route.transforms.is_empty() && !route.path_transform.reads_params() {
@@ -715,8 +722,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
             }
         } else {
             let replay_wanted = retry.is_some() || fallback_upstream.is_some();
-            let watch = upstream.protocol.is_http2();
-            replay_body(body, &head.headers, replay_wanted, max_body, timeout, watch).await?
+            replay_body(body, &head.headers, replay_wanted, max_body, timeout).await?
         };
         let mut out = Outgoing {
             head: Some(head),
@@ -986,7 +992,6 @@ async fn replay_body<B>(
     wanted: bool,
     max_body: u64,
     timeout: Duration,
-    watch: bool,
 ) -> Result<Replay<B>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -996,11 +1001,11 @@ where
         return Ok(Replay::Empty);
     }
     if !wanted || content_length(headers).is_none_or(|n| n > retry::MAX_REPLAY_BODY) {
-        let mut limited = LimitedBody::new(body, max_body);
-        if watch {
-            limited = limited.watched();
-        }
-        return Ok(Replay::Stream(Some(limited)));
+        // Watched: how the body ended tells the client's failures and slowness from the
+        // upstream's, so neither counts against a healthy target.
+        return Ok(Replay::Stream(Some(
+            LimitedBody::new(body, max_body).watched(),
+        )));
     }
     convert::buffer(body, max_body, timeout)
         .await

@@ -184,6 +184,12 @@ where
                 // The client's fault, not the target's: no outcome to record.
                 return Err(crate::pipeline::payload_too_large(out.max_body));
             }
+            Err(ForwardError::ClientSlow) => {
+                return Err(GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "the request body did not arrive within the route's timeout",
+                ));
+            }
             Err(ForwardError::ClientBody) => {
                 return Err(GatewayError::new(
                     ErrorKind::BadRequest,

@@ -1041,6 +1041,9 @@ pub(crate) struct RouteConfig {
     /// Largest request body on this route; default `limits.max_body_bytes`.
     #[serde(default)]
     pub(crate) max_body_bytes: Option<Size>,
+    /// Accept paths with separators servers read differently (`%2F`, `%5C`, a backslash, `..;`).
+    #[serde(default)]
+    pub(crate) allow_ambiguous_paths: bool,
     /// A higher priority wins over every other precedence rule.
     #[serde(default)]
     pub(crate) priority: i32,

@@ -165,6 +165,7 @@ fn route_of(
         priority: cfg.priority,
         timeout: timeout?,
         max_body_bytes: max_body_bytes?,
+        allow_ambiguous_paths: cfg.allow_ambiguous_paths,
         path_transform: path_transform?,
         transforms: transforms?,
         access: access?,

@@ -83,12 +83,13 @@ fn hex_value(b: u8) -> Option<u8> {
 
 fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(bytes.len());
+    // Bytes, not chars: a raw UTF-8 sequence must pass through as its own bytes.
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(char::from(b));
+            out.push(b);
             i += 1;
             continue;
         }
@@ -102,15 +103,33 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
             return Err(PathError::EncodedNul);
         }
         if is_unreserved(value) {
-            out.push(char::from(value));
+            out.push(value);
         } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(hi)]));
-            out.push(char::from(HEX[usize::from(lo)]));
+            out.extend_from_slice(&[b'%', HEX[usize::from(hi)], HEX[usize::from(lo)]]);
         }
         i += 3;
     }
-    Ok(out)
+    // The input was UTF-8 and only ASCII was decoded, so this cannot fail.
+    String::from_utf8(out).map_err(|_| PathError::BadPercentEncoding)
+}
+
+/// True when a normalized path holds a separator some servers see and others do not: an
+/// encoded slash or backslash (`%2F`, `%5C`), a raw backslash, or a segment that is empty or
+/// a dot segment once its parameters are dropped (`;x`, `..;x`, which servlet containers
+/// read as an empty segment and `..`). weir routes such a path as
+/// written, but an origin that decodes it would see another path than the one routed, so
+/// routes refuse it unless they allow it.
+#[must_use]
+pub fn is_ambiguous(normalized: &str) -> bool {
+    let bytes = normalized.as_bytes();
+    if memchr::memchr3(b'%', b'\\', b';', bytes).is_none() {
+        return false;
+    }
+    bytes.contains(&b'\\')
+        || bytes.windows(3).any(|w| w == b"%2F" || w == b"%5C")
+        || normalized
+            .split('/')
+            .any(|s| s.starts_with(';') || s.starts_with(".;") || s.starts_with("..;"))
 }
 
 /// Collapses `//` and resolves `.` and `..` segments; `..` never climbs above the root.
@@ -149,6 +168,30 @@ mod tests {
         normalize(p)
             .map(Cow::into_owned)
             .unwrap_or_else(|e| format!("ERR {e:?}"))
+    }
+
+    #[test]
+    fn raw_utf8_passes_through_normalization() {
+        assert_eq!(n("/caf\u{e9}/./x"), "/caf\u{e9}/x");
+        assert_eq!(n("/\u{1f600}//%41"), "/\u{1f600}/A");
+    }
+
+    #[test]
+    fn ambiguous_separators_are_found() {
+        for p in [
+            "/a%2Fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/p/..;/admin",
+            "/.;x/a",
+            "/a/..;",
+            "/;/admin",
+        ] {
+            assert!(is_ambiguous(&n(p)), "{p}");
+        }
+        for p in ["/a/b", "/a;b", "/a/b;c=d", "/%20", "/a/...;x", "/%2E%2E%3B"] {
+            assert!(!is_ambiguous(&n(p)), "{p}");
+        }
     }
 
     #[test]

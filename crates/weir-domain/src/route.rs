@@ -548,6 +548,9 @@ pub struct Route {
     pub priority: i32,
     pub timeout: Option<Duration>,
     pub max_body_bytes: Option<u64>,
+    /// Paths with an encoded or backslash separator are routed instead of refused (see
+    /// [`crate::path::is_ambiguous`]).
+    pub allow_ambiguous_paths: bool,
     pub path_transform: PathTransform,
     /// Header and query changes on the way in, header changes on the way out.
     pub transforms: crate::transform::Transforms,

@@ -254,7 +254,10 @@ impl RouteTable {
                     offer(i, Vec::new());
                 }
             }
-            for (at, _) in path.rmatch_indices('/') {
+            // A `;` ends a segment's name too (`/admin;jsessionid=1` is under `/admin`), as
+            // servlet containers read it: an origin must not see a path of a protected
+            // prefix that was routed elsewhere.
+            for (at, _) in path.rmatch_indices(['/', ';']) {
                 let key = if at == 0 { "/" } else { &path[..at] };
                 if let Some(ids) = bucket.prefixes.get(key) {
                     for &i in ids {

@@ -32,7 +32,23 @@ pub struct Activity {
     requests: AtomicU32,
     /// The first request the framing guard refused: its index << 8 | why; `NONE` if none.
     refused: AtomicU64,
+    /// Requests the client gave up on before their response head, and those answered.
+    cancelled: AtomicU32,
+    answered: AtomicU32,
+    /// Set (and `abuse` notified) once cancellations pass [`CANCEL_BUDGET`].
+    abusive: AtomicBool,
+    abuse: tokio::sync::Notify,
+    /// Wakes the watchdog when a request head starts: it may be sleeping toward the far
+    /// idle deadline, and the head's deadline is nearer.
+    head_started: tokio::sync::Notify,
 }
+
+/// Cancelled requests a connection may have before it is closed, if it has also had more
+/// cancelled than answered. HTTP/2 lets a client cancel a stream weir already accepted (and
+/// forwarded) and at once open another: without a budget, one connection could keep an
+/// origin busy with far more requests than its stream limit (the paced form of rapid reset,
+/// which h2's own reset counter does not see because the streams were accepted).
+const CANCEL_BUDGET: u32 = 100;
 
 const NONE: u64 = u64::MAX;
 
@@ -69,6 +85,11 @@ impl Default for Activity {
             multiplexed: AtomicBool::new(false),
             requests: AtomicU32::new(0),
             refused: AtomicU64::new(NONE),
+            cancelled: AtomicU32::new(0),
+            answered: AtomicU32::new(0),
+            abusive: AtomicBool::new(false),
+            abuse: tokio::sync::Notify::new(),
+            head_started: tokio::sync::Notify::new(),
         }
     }
 }
@@ -88,10 +109,29 @@ impl Activity {
         (refused != NONE && index >= refused >> 8).then(|| ambiguity_of(refused & 0xff))
     }
 
-    /// The service returned its response (the body may still be streaming).
-    pub fn request_finished(&self) {
+    /// The service returned its response (the body may still be streaming), or, when not
+    /// `answered`, the client cancelled the request first.
+    pub fn request_finished(&self, answered: bool) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.idle_since.store(now_ms(), Ordering::Relaxed);
+        if answered {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if cancelled > CANCEL_BUDGET
+            && cancelled > self.answered.load(Ordering::Relaxed)
+            && !self.abusive.swap(true, Ordering::Relaxed)
+        {
+            self.abuse.notify_one();
+        }
+    }
+
+    /// Resolves once the connection has cancelled too many requests.
+    pub async fn abused(&self) {
+        while !self.abusive.load(Ordering::Relaxed) {
+            self.abuse.notified().await;
+        }
     }
 
     fn on_read(&self) {
@@ -99,6 +139,7 @@ impl Activity {
             && self.head_since.load(Ordering::Relaxed) == 0
         {
             self.head_since.store(now_ms(), Ordering::Relaxed);
+            self.head_started.notify_one();
         }
     }
 
@@ -128,7 +169,10 @@ impl Activity {
             if now >= deadline {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+                () = self.head_started.notified() => {}
+            }
         }
     }
 }

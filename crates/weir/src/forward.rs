@@ -62,6 +62,10 @@ impl Forwarder<UpstreamBody> for Forward {
         let tripped = req.body().tripped();
         let sent = tokio::time::timeout(timeout, self.client.send(&conn.pool, req)).await;
         let result = match sent {
+            // Still waiting for the client's body: the client is slow, not the target.
+            Err(_) if tripped.as_ref().is_some_and(Tripped::unfinished) => {
+                return Err(ForwardError::ClientSlow);
+            }
             Err(_) => Err(ForwardError::Timeout),
             Ok(Ok(resp)) => {
                 self.metrics.duration.observe(start.elapsed());

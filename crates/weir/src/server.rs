@@ -204,12 +204,18 @@ async fn serve_connection<S>(
             let refused = ctx
                 .activity
                 .request_started(req.version() == Version::HTTP_2);
-            let _done = RequestDone(&ctx.activity);
-            Ok::<_, Infallible>(service::handle(req, &ctx.shared, &ctx.info, refused).await)
+            let mut done = RequestDone {
+                activity: &ctx.activity,
+                answered: false,
+            };
+            let resp = service::handle(req, &ctx.shared, &ctx.info, refused).await;
+            done.answered = true;
+            Ok::<_, Infallible>(resp)
         })
     });
     let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, svc));
     let mut draining = *stop.borrow();
+    let mut abusive = false;
     if draining {
         conn.as_mut().graceful_shutdown();
     }
@@ -225,6 +231,13 @@ async fn serve_connection<S>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
+            () = activity.abused(), if !abusive => {
+                // GOAWAY: no new streams; what is in flight may finish.
+                tracing::info!(peer = %peer, "connection closed: too many cancelled requests");
+                abusive = true;
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
             () = activity.watchdog(limits.header_read_timeout, limits.idle_timeout) => {
                 tracing::debug!(peer = %peer, "connection closed: header read or idle timeout");
                 return;
@@ -234,11 +247,14 @@ async fn serve_connection<S>(
 }
 
 /// Marks the request finished even when the client goes away mid-request.
-struct RequestDone<'a>(&'a Activity);
+struct RequestDone<'a> {
+    activity: &'a Activity,
+    answered: bool,
+}
 
 impl Drop for RequestDone<'_> {
     fn drop(&mut self) {
-        self.0.request_finished();
+        self.activity.request_finished(self.answered);
     }
 }
 

@@ -255,6 +255,13 @@ impl JsonStream {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     for message in self.decoder.push(&data).map_err(|e| e.to_string())? {
+                        if !self.streaming && self.messages > 0 {
+                            // A unary call has one answer; reading on would let an upstream
+                            // that never stops hold the request (and a core) forever.
+                            return Poll::Ready(Err(
+                                "the upstream sent more than one message for a unary call".into(),
+                            ));
+                        }
                         self.message(message);
                     }
                 }

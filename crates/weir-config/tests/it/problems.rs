@@ -108,7 +108,7 @@ routes:
             "weir.yaml:1:1: listners: unknown key \"listners\" (expected one of listeners, limits, watch, trusted_proxies, admin, observability, workers, shutdown_grace, redis, etcd, consul, upstreams, auth, consumers, routes)",
             "weir.yaml:2:10: admin.lisen: unknown key \"lisen\" (expected one of listen, token)",
             "weir.yaml:5:34: upstreams.users.targets[0].wieght: unknown key \"wieght\" (expected one of url, weight)",
-            "weir.yaml:9:5: routes[0].tiemout: unknown key \"tiemout\" (expected one of name, match, upstream, respond, timeout, max_body_bytes, priority, transform, auth, rate_limit, cache, cors, ip, fallback, grpc)",
+            "weir.yaml:9:5: routes[0].tiemout: unknown key \"tiemout\" (expected one of name, match, upstream, respond, timeout, max_body_bytes, allow_ambiguous_paths, priority, transform, auth, rate_limit, cache, cors, ip, fallback, grpc)",
         ]
     );
 }

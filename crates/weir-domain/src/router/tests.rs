@@ -98,6 +98,7 @@ fn table(specs: Vec<R>) -> RouteTable {
             priority: s.priority,
             timeout: None,
             max_body_bytes: None,
+            allow_ambiguous_paths: false,
             path_transform: PathTransform::default(),
             access: crate::route::Access::default(),
             rate_limits: Vec::new(),
@@ -136,6 +137,17 @@ fn path_specificity_order() {
     assert_eq!(name(&t, &g, "/users"), "prefix");
     assert_eq!(name(&t, &g, "/users/42/a/b"), "prefix");
     assert_eq!(name(&t, &g, "/usersx"), "404");
+}
+
+#[test]
+fn path_parameters_end_a_prefix_segment() {
+    let t = table(vec![r("admin", prefix("/admin")), r("open", prefix("/"))]);
+    let g = get(None);
+    assert_eq!(name(&t, &g, "/admin;jsessionid=1"), "admin");
+    assert_eq!(name(&t, &g, "/admin;x=1/y"), "admin");
+    assert_eq!(name(&t, &g, "/admin/a;b"), "admin");
+    assert_eq!(name(&t, &g, "/adminx;y"), "open");
+    assert_eq!(name(&t, &g, "/a;dmin"), "open");
 }
 
 #[test]
@@ -269,6 +281,7 @@ fn conflicts_are_reported() {
                 priority: 0,
                 timeout: None,
                 max_body_bytes: None,
+                allow_ambiguous_paths: false,
                 path_transform: PathTransform::default(),
                 access: crate::route::Access::default(),
                 rate_limits: Vec::new(),

@@ -367,10 +367,24 @@ async fn paths_are_routed_and_forwarded_normalized_with_query_kept() {
           - name: secret
             match: {{ prefix: /secret }}
             respond: {{ status: 403, body: secret }}
+          - name: names
+            match: {{ prefix: /names }}
+            upstream: be
+            allow_ambiguous_paths: true
         "#,
         backend.url()
     ))
     .await;
+    // A route that allows them routes and forwards encoded slashes as written.
+    for (sent, forwarded) in [
+        ("/names/a%2fb", "/names/a%2Fb"),
+        ("/names/a%5Cb", "/names/a%5Cb"),
+        ("/names/x/..;/y", "/names/x/..;/y"),
+    ] {
+        let resp = raw_get(gw.addr, sent).await;
+        assert_eq!(resp.status, 200, "GET {sent}");
+        assert_eq!(resp.json()["path"], forwarded, "GET {sent}");
+    }
     // Raw bytes: a polished client would normalize these itself.
     let cases = [
         ("/n/./b", "/n/b"),
@@ -380,7 +394,6 @@ async fn paths_are_routed_and_forwarded_normalized_with_query_kept() {
         ("/%6e/b", "/n/b"),
         ("/n/a/../b?x=1&y=%20z", "/n/b?x=1&y=%20z"),
         ("/n/b?q=/./../&r", "/n/b?q=/./../&r"),
-        ("/n/a%2fb", "/n/a%2Fb"),
     ];
     for (sent, forwarded) in cases {
         let resp = raw_get(gw.addr, sent).await;
@@ -393,6 +406,10 @@ async fn paths_are_routed_and_forwarded_normalized_with_query_kept() {
         let v = resp.json();
         assert_eq!(v["path"], forwarded, "GET {sent} is forwarded normalized");
     }
+    // An encoded slash is refused: an origin that decodes it would see another path.
+    let resp = raw_get(gw.addr, "/n/a%2fb").await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json()["code"], "bad_request");
     // Normalization decides the route: a climb out of /n does not reach /n's upstream.
     let before = backend.hits();
     let resp = raw_get(gw.addr, "/n/%2e%2e/secret/x").await;

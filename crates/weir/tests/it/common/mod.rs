@@ -12,6 +12,7 @@ pub mod dns;
 pub mod etcd;
 pub mod faults;
 pub mod grpc;
+pub mod h2raw;
 pub mod idp;
 pub mod limits;
 pub mod pebble;
