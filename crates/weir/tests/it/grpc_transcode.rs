@@ -631,3 +631,57 @@ routes:
 ";
     one_problem(empty, "7:11", "web: true");
 }
+
+/// A unary call has one answer: an upstream that keeps sending messages (broken or hostile)
+/// fails the call at its second message instead of holding the request forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_call_answered_with_endless_messages_fails_at_the_second() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    // Empty `Order` messages, one every 10 ms, never a status.
+                    let frames = futures_util::stream::unfold((), |()| async {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        Some((
+                            Ok::<_, std::convert::Infallible>(Frame::data(
+                                bytes::Bytes::from_static(b"\0\0\0\0\0"),
+                            )),
+                            (),
+                        ))
+                    });
+                    let mut resp = http::Response::new(StreamBody::new(frames));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let gw = start(&grpc_config(&format!("http://{addr}"), "", &rest_route())).await;
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), gw.get("/v1/orders/1"))
+        .await
+        .expect("answered, not held");
+    let body = assert_problem(resp, 502, "bad_gateway").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than one message"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    gw.stop().await;
+}
