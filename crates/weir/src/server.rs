@@ -12,14 +12,13 @@ use arc_swap::ArcSwap;
 use http::{Request, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use weir_app::pipeline::ConnInfo;
-use weir_config::Limits;
 
 use crate::activity::{Activity, Watched};
+use crate::listener::ListenerRuntime;
 use crate::service;
 use crate::snapshot::Snapshot;
 
@@ -93,6 +92,31 @@ struct ConnCtx {
     shared: Arc<Shared>,
     info: ConnInfo,
     activity: Arc<Activity>,
+    slot: Arc<ConnSlot>,
+}
+
+/// A connection's place under `max_connections`, counted in the listener's open
+/// connections. A WebSocket tunnel keeps it after hyper lets go of the connection, so
+/// switched connections stay counted and bounded.
+pub struct ConnSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    stats: Arc<ListenerStats>,
+}
+
+impl ConnSlot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, stats: Arc<ListenerStats>) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _permit: permit,
+            stats,
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Accepts until `stop` flips, serving each connection on its own task.
@@ -142,14 +166,13 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
         let conn_stop = stop.clone();
         let stats = Arc::clone(&l.stats);
         tokio::spawn(async move {
-            stats.active.fetch_add(1, Ordering::Relaxed);
+            let slot = Arc::new(ConnSlot::new(permit, stats));
             let limits = runtime.limits;
             match runtime.tls {
                 None => {
                     let info =
                         ConnInfo::new(peer, &shared.snapshot.load().settings.trusted_proxies);
-                    serve_connection(stream, info, shared, &runtime.builder, conn_stop, limits)
-                        .await;
+                    serve_connection(stream, info, shared, &runtime, conn_stop, slot).await;
                 }
                 Some(ref acceptor) => {
                     // Boxed: a TLS connection's state is kilobytes, and inline it would
@@ -158,22 +181,12 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
                         if let Some((tls, info)) =
                             crate::tls::accept(stream, peer, acceptor, &shared, &limits).await
                         {
-                            serve_connection(
-                                tls,
-                                info,
-                                shared,
-                                &runtime.builder,
-                                conn_stop,
-                                limits,
-                            )
-                            .await;
+                            serve_connection(tls, info, shared, &runtime, conn_stop, slot).await;
                         }
                     })
                     .await;
                 }
             }
-            stats.active.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
         });
     }
 }
@@ -182,18 +195,20 @@ async fn serve_connection<S>(
     stream: S,
     info: ConnInfo,
     shared: Arc<Shared>,
-    builder: &auto::Builder<TokioExecutor>,
+    runtime: &ListenerRuntime,
     mut stop: watch::Receiver<bool>,
-    limits: Limits,
+    slot: Arc<ConnSlot>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
     let activity = Arc::new(Activity::default());
+    let limits = runtime.limits;
     let ctx = Arc::new(ConnCtx {
         shared,
         info,
         activity: Arc::clone(&activity),
+        slot,
     });
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
     // The request future is boxed: hyper keeps a connection's service future inline in the
@@ -208,12 +223,12 @@ async fn serve_connection<S>(
                 activity: &ctx.activity,
                 answered: false,
             };
-            let resp = service::handle(req, &ctx.shared, &ctx.info, refused).await;
+            let resp = service::handle(req, &ctx.shared, &ctx.info, refused, &ctx.slot).await;
             done.answered = true;
             Ok::<_, Infallible>(resp)
         })
     });
-    let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, svc));
+    let mut conn = std::pin::pin!(runtime.builder.serve_connection_with_upgrades(io, svc));
     let mut draining = *stop.borrow();
     let mut abusive = false;
     if draining {

@@ -17,7 +17,7 @@ use weir_domain::framing::Ambiguity;
 use weir_infra::metrics::method_index;
 
 use crate::body::{Body, CountingBody, Finish, LogParts};
-use crate::server::Shared;
+use crate::server::{ConnSlot, Shared};
 use crate::{grpc, problem};
 
 /// Handles one request. Never fails: every error is already a response. `refused` is the
@@ -27,6 +27,7 @@ pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
     refused: Option<Ambiguity>,
+    slot: &Arc<ConnSlot>,
 ) -> Response<Body> {
     let start = Instant::now();
     let snapshot = shared.snapshot.load_full();
@@ -96,7 +97,7 @@ pub async fn handle(
                 }
                 (switching, client) => {
                     if let Some(client) = client.filter(|_| switching) {
-                        tunnel(client, hyper::upgrade::on(&mut resp));
+                        tunnel(client, hyper::upgrade::on(&mut resp), Arc::clone(slot));
                     }
                     remove_hop_by_hop(resp.headers_mut(), switching);
                     snapshot
@@ -218,8 +219,14 @@ fn reply(prebuilt: Option<&crate::snapshot::StaticReply>) -> Response<Body> {
 }
 
 /// Splices the two upgraded connections together until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// The tunnel holds the connection's slot: it stays counted under `max_connections`.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    slot: Arc<ConnSlot>,
+) {
     tokio::spawn(async move {
+        let _slot = slot;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

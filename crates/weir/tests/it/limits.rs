@@ -294,3 +294,50 @@ async fn max_connections_holds_further_connections_until_one_closes() {
     assert_eq!(resp.map(|r| r.status), Some(200));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_keeps_its_connection_slot() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = crate::common::WsBackend::start().await;
+    let gw = start(&format!(
+        r#"
+        limits: {{ max_connections: 1 }}
+        upstreams:
+          ws:
+            targets: [{{ url: "{}" }}]
+        routes:
+          - name: ws
+            match: {{ prefix: / }}
+            upstream: ws
+        "#,
+        backend.url()
+    ))
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("echo: hi"));
+    // The switched connection still holds the only slot: another client waits.
+    let mut other = TcpStream::connect(gw.addr).await.unwrap();
+    other
+        .write_all(b"GET /x HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let early = tokio::time::timeout(
+        Duration::from_millis(500),
+        read_response(&mut other, &mut buf),
+    )
+    .await;
+    assert!(early.is_err(), "served beside an open tunnel: {early:?}");
+    // Closing the tunnel frees the slot.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let resp = tokio::time::timeout(DEADLINE, read_response(&mut other, &mut buf))
+        .await
+        .expect("served once the tunnel closed");
+    assert!(resp.is_some());
+    gw.stop().await;
+}
