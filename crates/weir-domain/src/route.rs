@@ -223,35 +223,44 @@ impl Template {
         out
     }
 
-    /// Matches a normalized path by segments. Used when the radix tree's single best answer
-    /// was filtered out by method or headers and a less specific template must be tried.
+    /// Matches a normalized path by segments, with the parameters' values. Used when the
+    /// radix tree's single best answer was filtered out by method or headers and a less
+    /// specific template must be tried.
     #[must_use]
-    pub fn matches(&self, path: &str) -> bool {
+    pub fn captures<'t, 'p>(&'t self, path: &'p str) -> Option<Vec<(&'t str, &'p str)>> {
         let mut rest = path.strip_prefix('/').unwrap_or(path);
+        let mut params = Vec::new();
         for (i, seg) in self.segments.iter().enumerate() {
-            if let Segment::CatchAll(_) = seg {
-                return !rest.is_empty();
+            if let Segment::CatchAll(name) = seg {
+                if rest.is_empty() {
+                    return None;
+                }
+                params.push((name.as_str(), rest));
+                return Some(params);
             }
             let (head, tail) = match rest.find('/') {
                 Some(at) => (&rest[..at], Some(&rest[at + 1..])),
                 None => (rest, None),
             };
-            let ok = match seg {
-                Segment::Literal(l) => head == l,
-                Segment::Param(_) => !head.is_empty(),
-                Segment::CatchAll(_) => true,
-            };
-            if !ok {
-                return false;
+            match seg {
+                Segment::Literal(l) if head == l => {}
+                Segment::Param(name) if !head.is_empty() => params.push((name.as_str(), head)),
+                _ => return None,
             }
             let last = i + 1 == self.segments.len();
             match tail {
                 Some(t) if !last => rest = t,
-                None if last => return true,
-                _ => return false,
+                None if last => return Some(params),
+                _ => return None,
             }
         }
-        false
+        None
+    }
+
+    /// Whether a normalized path matches (see [`Template::captures`]).
+    #[must_use]
+    pub fn matches(&self, path: &str) -> bool {
+        self.captures(path).is_some()
     }
 }
 

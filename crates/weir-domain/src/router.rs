@@ -72,6 +72,11 @@ struct Bucket {
     exact: FxHashMap<String, Vec<usize>>,
     templates: matchit::Router<Vec<usize>>,
     template_routes: Vec<usize>,
+    /// For a template route, the other templates of the bucket that can match a path it
+    /// matches: the radix tree answers with one shape (static segments first), but the
+    /// contract ranks by fewer parameters, then file order, so these must be asked too.
+    /// Empty for most tables, so most lookups never look here.
+    rivals: FxHashMap<usize, Vec<usize>>,
     prefixes: FxHashMap<String, Vec<usize>>,
     regex_set: Option<RegexSet>,
     regex_routes: Vec<usize>,
@@ -137,6 +142,7 @@ impl RouteTable {
             .chain(wildcards.iter_mut().map(|(_, b)| b));
         for bucket in buckets.chain(std::iter::once(&mut any_host)) {
             compile_regexes(bucket, &routes, &mut conflicts);
+            find_rivals(bucket, &routes);
         }
         if !conflicts.is_empty() {
             conflicts.sort_by_key(|c| c.route);
@@ -235,15 +241,24 @@ impl RouteTable {
                     let params = m.params.iter().collect();
                     hit |= offer(i, params);
                 }
+                if let Some(rivals) = bucket.rivals.get(&m.value[0]) {
+                    for &i in rivals {
+                        if let PathPattern::Template(t) = &self.routes[i].matcher.path
+                            && let Some(params) = t.captures(path)
+                        {
+                            hit |= offer(i, params);
+                        }
+                    }
+                }
             }
             if !hit {
                 // The radix tree gives one best shape; when its routes were filtered out by
                 // method or headers, a less specific template may still apply.
                 for &i in &bucket.template_routes {
                     if let PathPattern::Template(t) = &self.routes[i].matcher.path
-                        && t.matches(path)
+                        && let Some(params) = t.captures(path)
                     {
-                        offer(i, Vec::new());
+                        offer(i, params);
                     }
                 }
             }
@@ -326,6 +341,39 @@ fn static_rank(route: &Route) -> Rank {
         headers: m.headers.len(),
         order: Reverse(route.index),
     }
+}
+
+fn find_rivals(bucket: &mut Bucket, routes: &[Route]) {
+    let template = |i: usize| match &routes[i].matcher.path {
+        PathPattern::Template(t) => Some(t),
+        _ => None,
+    };
+    for &i in &bucket.template_routes {
+        let Some(a) = template(i) else { continue };
+        let rivals: Vec<usize> = bucket
+            .template_routes
+            .iter()
+            .copied()
+            .filter(|&j| template(j).is_some_and(|b| a.segments != b.segments && may_overlap(a, b)))
+            .collect();
+        if !rivals.is_empty() {
+            bucket.rivals.insert(i, rivals);
+        }
+    }
+}
+
+/// Whether some path could match both templates (erring towards yes).
+fn may_overlap(a: &crate::route::Template, b: &crate::route::Template) -> bool {
+    use crate::route::Segment;
+    let catch_all =
+        |t: &crate::route::Template| matches!(t.segments.last(), Some(Segment::CatchAll(_)));
+    if !catch_all(a) && !catch_all(b) && a.segments.len() != b.segments.len() {
+        return false;
+    }
+    a.segments.iter().zip(&b.segments).all(|pair| match pair {
+        (Segment::Literal(x), Segment::Literal(y)) => x == y,
+        _ => true,
+    })
 }
 
 /// Two templates share a radix-tree entry only when they are the same template.
