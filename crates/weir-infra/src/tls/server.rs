@@ -182,12 +182,80 @@ impl ResolvesServerCert for SniResolver {
 #[must_use]
 pub fn client_subject(leaf: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    Some(cert.subject().to_string())
+    Some(rfc4514(cert.subject()))
+}
+
+/// The name as RFC 4514 writes it (attributes in certificate order, as x509-parser shows
+/// them): values escaped, so a CN of `mallory, O=admins` cannot pass for two attributes to
+/// an upstream that reads the subject. Control characters are escaped too, so the subject is
+/// always a valid header value.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use std::fmt::Write as _;
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for rdn in name.iter() {
+        for (k, atv) in rdn.iter().enumerate() {
+            if !out.is_empty() {
+                out.push_str(if k == 0 { ", " } else { " + " });
+            }
+            match x509_parser::objects::oid2abbrev(atv.attr_type(), registry) {
+                Ok(short) => out.push_str(short),
+                Err(_) => out.push_str(&atv.attr_type().to_id_string()),
+            }
+            out.push('=');
+            match atv.as_str() {
+                Ok(value) => escape_value(value, &mut out),
+                Err(_) => {
+                    // Not a string type: the DER value in hex, as RFC 4514 §2.4 says.
+                    out.push('#');
+                    for b in atv.as_slice() {
+                        let _ = write!(out, "{b:02x}");
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn escape_value(value: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\{b:02X}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_values_are_escaped() {
+        let mut out = String::new();
+        escape_value("mallory, O=admins", &mut out);
+        assert_eq!(out, "mallory\\, O=admins");
+        let mut out = String::new();
+        escape_value("#a+b;c<d>e\"f\\g ", &mut out);
+        assert_eq!(out, "\\#a\\+b\\;c\\<d\\>e\\\"f\\\\g\\ ");
+        let mut out = String::new();
+        escape_value(" x\r\ny", &mut out);
+        assert_eq!(out, "\\ x\\0D\\0Ay");
+    }
 
     #[test]
     fn wildcards_stand_for_one_label() {
