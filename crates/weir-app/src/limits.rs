@@ -90,8 +90,9 @@ struct Limit {
     key: LimitKey,
     /// For `key: header:NAME`: the name, parsed once here rather than per request.
     header: Option<HeaderName>,
-    /// For an upstream's `key: route` policy: the route, so each route has its own bucket.
-    route_tag: Option<u32>,
+    /// For an upstream's `key: route` policy: the route's name, so each route has its own
+    /// bucket, and keeps it when routes are added or moved by a reload.
+    route_tag: Option<Arc<str>>,
     /// `limit of 10 per 1m for ip exceeded`.
     detail: Arc<str>,
     on_error: OnError,
@@ -162,8 +163,7 @@ pub(crate) fn build(
                 && let (Some(u), Some(stores)) = (upstreams.get(id.0), upstream_stores.get(id.0))
             {
                 for (i, (p, store)) in u.rate_limits.iter().zip(stores).enumerate() {
-                    let tag = (p.key == LimitKey::Route)
-                        .then(|| u32::try_from(route.index).unwrap_or(u32::MAX));
+                    let tag = (p.key == LimitKey::Route).then(|| Arc::from(route.name.as_str()));
                     let id = match tag {
                         Some(_) => format!("u:{}:{i}:{}", u.name, route.name),
                         None => format!("u:{}:{i}", u.name),
@@ -183,7 +183,7 @@ pub(crate) fn build(
         .map(|limits| (limits, next))
 }
 
-fn limit(p: &RateLimitPolicy, store: Store, route_tag: Option<u32>, id: String) -> Limit {
+fn limit(p: &RateLimitPolicy, store: Store, route_tag: Option<Arc<str>>, id: String) -> Limit {
     Limit {
         store,
         rate: p.rate(),
@@ -376,8 +376,8 @@ impl Limit {
                     .and_then(|name| caller.headers.get(name))
                     .map_or(&[][..], HeaderValue::as_bytes),
             ),
-            LimitKey::Route => match self.route_tag {
-                Some(r) => f(b'r', &r.to_le_bytes()),
+            LimitKey::Route => match &self.route_tag {
+                Some(r) => f(b'r', r.as_bytes()),
                 None => f(b'g', &[]),
             },
             LimitKey::Global => f(b'g', &[]),

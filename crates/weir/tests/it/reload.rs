@@ -780,9 +780,6 @@ async fn rate_limit_counters_survive_a_reload_that_leaves_their_policy_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: an upstream limit with `key: route` keys its kept table by the route's index \
-            in the file (weir-app limits.rs `route_tag`), so a route added before `a` hands `a` \
-            another route's counter"]
 async fn per_route_counters_of_an_upstream_limit_stay_with_their_route_when_routes_move() {
     let backend = Backend::start("be").await;
     // An upstream limit by `route`: each route to `be` has its own counter.
