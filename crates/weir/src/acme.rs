@@ -43,41 +43,54 @@ pub fn start(
     previous: &[Option<Arc<Managed>>],
 ) -> Result<Vec<Option<Arc<Managed>>>, String> {
     let plain = settings.listeners.iter().any(|l| l.tls.is_none());
-    settings
-        .listeners
-        .iter()
-        .map(|l| {
-            let Some(a) = l.tls.as_ref().and_then(|t| t.acme.as_ref()) else {
-                return Ok(None);
-            };
-            if let Some(kept) = previous.iter().flatten().find(|m| m.settings == *a) {
-                return Ok(Some(Arc::clone(kept)));
+    // Listeners with the same section (one port on IPv4 and IPv6, say) share one manager:
+    // two would order two certificates into one storage and answer each other's challenges.
+    let mut made: Vec<Arc<Managed>> = Vec::new();
+    let mut out = Vec::with_capacity(settings.listeners.len());
+    for l in &settings.listeners {
+        let Some(a) = l.tls.as_ref().and_then(|t| t.acme.as_ref()) else {
+            out.push(None);
+            continue;
+        };
+        let kept = made
+            .iter()
+            .chain(previous.iter().flatten())
+            .find(|m| m.settings == *a)
+            .map(Arc::clone);
+        let managed = match kept {
+            Some(m) => m,
+            None => {
+                // HTTP-01 first where a plain listener can answer it (port 80 is the one a
+                // CA validates, and it works behind TLS-passthrough balancers too);
+                // TLS-ALPN-01 on this listener otherwise.
+                let kinds = if plain {
+                    vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01]
+                } else {
+                    vec![ChallengeKind::TlsAlpn01]
+                };
+                let mut s = acme::AcmeSettings::new(
+                    a.directory.clone(),
+                    a.domains.clone(),
+                    a.storage_dir.clone(),
+                );
+                s.email.clone_from(&a.email);
+                s.ca_pem.clone_from(&a.ca_pem);
+                s.renew_before = a.renew_before;
+                let acme = Acme::start(s, kinds, Arc::clone(challenges))
+                    .map_err(|e| format!("listener {}: acme: {e}", l.name))?;
+                Arc::new(Managed {
+                    settings: a.clone(),
+                    acme,
+                    challenges: Arc::clone(challenges),
+                })
             }
-            // HTTP-01 first where a plain listener can answer it (port 80 is the one a CA
-            // validates, and it works behind TLS-passthrough balancers too); TLS-ALPN-01 on
-            // this listener otherwise.
-            let kinds = if plain {
-                vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01]
-            } else {
-                vec![ChallengeKind::TlsAlpn01]
-            };
-            let mut s = acme::AcmeSettings::new(
-                a.directory.clone(),
-                a.domains.clone(),
-                a.storage_dir.clone(),
-            );
-            s.email.clone_from(&a.email);
-            s.ca_pem.clone_from(&a.ca_pem);
-            s.renew_before = a.renew_before;
-            let acme = Acme::start(s, kinds, Arc::clone(challenges))
-                .map_err(|e| format!("listener {}: acme: {e}", l.name))?;
-            Ok(Some(Arc::new(Managed {
-                settings: a.clone(),
-                acme,
-                challenges: Arc::clone(challenges),
-            })))
-        })
-        .collect()
+        };
+        if !made.iter().any(|m| Arc::ptr_eq(m, &managed)) {
+            made.push(Arc::clone(&managed));
+        }
+        out.push(Some(managed));
+    }
+    Ok(out)
 }
 
 /// The answer to an HTTP-01 validation request, when `path` is one and it is pending.

@@ -339,11 +339,6 @@ async fn a_reload_keeps_the_manager_and_a_changed_acme_section_renews_a_due_cert
 /// Two TLS listeners with the same `acme` section (the same port on IPv4 and on IPv6, say):
 /// one certificate, ordered once and served by both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: one ACME manager per listener, not per acme section (weir/src/acme.rs \
-            start() reuses only the previous snapshot's managers): two listeners with the \
-            same section run two managers that order two certificates into one \
-            storage_dir, serve different ones, and clobber each other's TLS-ALPN-01 \
-            answer (Challenges is keyed by domain), failing validations at the CA"]
 async fn two_listeners_with_the_same_acme_section_share_one_certificate() {
     let Some(setup) = Pebble::setup() else { return };
     let files = Files::new("acme-twice", &setup);
