@@ -251,6 +251,7 @@ async fn run(
     timing: Timing,
 ) {
     let mut retry = timing.retry_initial;
+    let mut failures = 0usize;
     loop {
         let wait = held.as_ref().map_or(Duration::ZERO, |c| {
             due_in(c, &issuer.domains, timing.renew_before)
@@ -261,7 +262,7 @@ async fn run(
             tokio::time::sleep(wait.min(timing.check_every)).await;
             continue;
         }
-        let outcome = tokio::time::timeout(ISSUE_TIMEOUT, issuer.issue())
+        let outcome = tokio::time::timeout(ISSUE_TIMEOUT, issuer.issue(failures))
             .await
             .unwrap_or_else(|_| Err(format!("no certificate within {ISSUE_TIMEOUT:?}")));
         match outcome {
@@ -294,6 +295,7 @@ async fn run(
                 generation.send_modify(|g| *g += 1);
                 held = Some(issued);
                 retry = timing.retry_initial;
+                failures = 0;
                 // However renew_before compares with the CA's lifetimes, at most one
                 // certificate per check period.
                 tokio::time::sleep(timing.check_every).await;
@@ -307,6 +309,7 @@ async fn run(
                 );
                 tokio::time::sleep(retry).await;
                 retry = retry.saturating_mul(2).min(RETRY_MAX);
+                failures = failures.wrapping_add(1);
             }
         }
     }

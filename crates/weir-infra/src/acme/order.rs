@@ -53,7 +53,15 @@ pub(super) struct Issuer {
 }
 
 impl Issuer {
-    pub(super) async fn issue(&self) -> Result<Issued, String> {
+    /// Obtains a certificate. After `failures` failed attempts the challenge types are tried
+    /// in turn: a CA that cannot reach the plain listener (HTTP-01 offered, but port 80 is
+    /// internal) gets TLS-ALPN-01 on the next attempt.
+    pub(super) async fn issue(&self, failures: usize) -> Result<Issued, String> {
+        let mut kinds = self.kinds.clone();
+        let n = kinds.len();
+        if n > 0 {
+            kinds.rotate_left(failures % n);
+        }
         let account = self.account().await?;
         let identifiers: Vec<Identifier> = self
             .domains
@@ -79,15 +87,14 @@ impl Issuer {
                 other => return Err(format!("authorization for {name} is {other:?}")),
             }
             let offered: Vec<&ChallengeType> = authz.challenges.iter().map(|c| &c.r#type).collect();
-            let Some(kind) = self
-                .kinds
+            let Some(kind) = kinds
                 .iter()
                 .find(|k| offered.contains(&&k.challenge_type()))
             else {
                 return Err(format!(
                     "the CA offers no allowed challenge type for {name} (offered {offered:?}, \
                      allowed {:?})",
-                    self.kinds
+                    kinds
                 ));
             };
             let mut challenge = authz

@@ -375,10 +375,6 @@ async fn two_listeners_with_the_same_acme_section_share_one_certificate() {
 /// and TLS-ALPN-01 on the TLS listener, the second choice weir gives its manager, is tried
 /// next and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: with a plain listener the manager is given [HTTP-01, TLS-ALPN-01] but \
-            always picks the first the CA offers (weir-infra acme/order.rs issue()): every \
-            CA offers HTTP-01, so when it cannot reach the plain listener no certificate \
-            is ever obtained although TLS-ALPN-01 would succeed"]
 async fn tls_alpn_01_is_tried_when_http_01_fails() {
     let Some(setup) = Pebble::setup() else { return };
     let files = Files::new("acme-fallback", &setup);
