@@ -496,3 +496,16 @@ fn grpc_example() {
         weir_domain::upstream::Protocol::Grpc
     );
 }
+
+#[test]
+fn limits_example_allows_ambiguous_paths_on_one_route_only() {
+    let l = example("limits.yaml");
+    let allowed: Vec<&str> = l
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| r.allow_ambiguous_paths)
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(allowed, ["objects"]);
+}
