@@ -299,7 +299,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         let _ = writeln!(
             out,
             "weir_connections_active{{listener=\"{}\"}} {}",
-            label(&l.name),
+            label(&l.name.load()),
             l.active.load(Ordering::Relaxed)
         );
     }

@@ -167,13 +167,14 @@ impl Control {
         tracing::info!(listener = %l.name, address = %b.bound, tls, http2 = l.http2, workers = self.workers.len(), "listening");
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(ListenerStats {
-            name: l.name.clone(),
+            name: arc_swap::ArcSwap::from_pointee(l.name.clone()),
             active: std::sync::atomic::AtomicI64::new(0),
         });
         let max = self.shared.snapshot.load().settings.limits.max_connections;
         for (socket, handle) in b.sockets.into_iter().zip(&self.workers) {
             let listener = Listener {
                 name: l.name.clone(),
+                configured: l.address,
                 socket,
                 permits: Arc::new(Semaphore::new(max)),
                 stats: Arc::clone(&stats),
@@ -256,7 +257,26 @@ impl Control {
         let snapshot = Snapshot::build(loaded, &process, Arc::clone(&caches), Some(&old))
             .map_err(ReloadError::Build)?;
 
-        // Listeners: the same name on the same configured address stays open as it is.
+        // Listeners: the same name on the same configured address stays open as it is. A
+        // listener renamed on the address (not port 0) it holds keeps its socket: binding
+        // the address again before the old socket closes would fail.
+        let renames: Vec<(usize, String)> = state
+            .open
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| {
+                o.configured.port() != 0 && !listeners.iter().any(|l| l.name == o.name)
+            })
+            .filter_map(|(i, o)| {
+                listeners
+                    .iter()
+                    .find(|l| {
+                        l.address == o.configured && !state.open.iter().any(|x| x.name == l.name)
+                    })
+                    .map(|l| (i, l.name.clone()))
+            })
+            .collect();
+        let renamed = |l: &ListenerSettings| renames.iter().any(|(_, n)| *n == l.name);
         let kept = |o: &Open| {
             listeners
                 .iter()
@@ -268,7 +288,7 @@ impl Control {
                 .open
                 .iter()
                 .any(|o| o.name == l.name && o.configured == l.address);
-            if !open {
+            if !open && !renamed(l) {
                 bound.push(self.bind(l).map_err(|(what, addr, e)| {
                     ReloadError::Build(format!("cannot bind {what} {addr}: {e}"))
                 })?);
@@ -279,6 +299,12 @@ impl Control {
         self.shared.snapshot.store(Arc::new(snapshot));
         state.process = process;
         state.caches = caches;
+        for (i, name) in renames {
+            let o = &mut state.open[i];
+            tracing::info!(listener = %name, was = %o.name, address = %o.bound, "listener renamed by reload");
+            o.name = name.clone();
+            o.stats.name.store(Arc::new(name));
+        }
         let (stay, gone): (Vec<Open>, Vec<Open>) = state.open.drain(..).partition(kept);
         state.open = stay;
         for o in gone {

@@ -25,7 +25,9 @@ use crate::snapshot::Snapshot;
 /// Connection counts of one listener, for `weir_connections_active`.
 #[derive(Debug)]
 pub struct ListenerStats {
-    pub name: String,
+    /// The listener's name; a reload that renames a listener on the same address keeps it
+    /// open and renames it here.
+    pub name: arc_swap::ArcSwap<String>,
     pub active: AtomicI64,
 }
 
@@ -80,6 +82,8 @@ pub struct Listener {
     /// The listener's name in the config: its settings are looked up by it in the current
     /// snapshot for every connection.
     pub name: String,
+    /// Its configured address (port 0 stays 0).
+    pub configured: SocketAddr,
     /// Registered with the worker's runtime when its accept loop starts.
     pub socket: std::net::TcpListener,
     /// Fixed when the socket opened; a reload does not resize it.
@@ -157,7 +161,16 @@ pub async fn accept_loop(l: Listener, shared: Arc<Shared>, mut stop: watch::Rece
             .load()
             .listeners
             .iter()
-            .find(|r| r.settings.name == l.name)
+            // By address where it is the listener's alone (port not 0): a listener renamed
+            // by a reload keeps its socket and finds its settings under the new name. By
+            // name otherwise.
+            .find(|r| {
+                if l.configured.port() == 0 {
+                    r.settings.name == l.name
+                } else {
+                    r.settings.address == l.configured
+                }
+            })
             .map(Arc::clone)
         else {
             continue;

@@ -676,9 +676,6 @@ async fn listeners_a_reload_adds_open_and_those_it_removes_close_after_their_req
 /// A listener renamed (or re-addressed onto the port it already holds) is a removal and an
 /// addition on the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: reload binds the new listener before closing the old one on the same address: \
-            without SO_REUSEPORT (one worker, as here or with `workers: 1`) it fails with \
-            422 `Address already in use` (reload.rs try_reload)"]
 async fn a_listener_renamed_on_the_same_address_keeps_serving_there() {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let named = |name: &str, n: u64| {
