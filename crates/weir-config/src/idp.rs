@@ -101,6 +101,30 @@ pub(crate) fn ca_bundle(
     r.check(at, pem::certificates(&bytes))
 }
 
+/// As [`ca_bundle`], for a listener's `client_ca_file`: its CAs sign clients' certificates,
+/// and a message saying otherwise would send the reader looking for the wrong file.
+pub(crate) fn client_ca_bundle(
+    file: &str,
+    at: &KeyPath,
+    dir: &Path,
+    r: &mut Report<'_>,
+) -> Option<Vec<u8>> {
+    let hint = "a CA bundle, even a whole system trust store, is a few hundred KiB";
+    let (bytes, _) = read(file, at, dir, MAX_CA_FILE, hint, r)?;
+    r.check(
+        at,
+        pem::certificates(&bytes).map_err(|e| {
+            if e.starts_with("no -----BEGIN CERTIFICATE-----") {
+                "no -----BEGIN CERTIFICATE----- block; a client_ca_file holds the PEM \
+                 certificates of the CAs that sign the clients' certificates"
+                    .to_owned()
+            } else {
+                e
+            }
+        }),
+    )
+}
+
 /// Reads a small file named in the config, relative to `dir`: its bytes and the path as
 /// shown in messages. `hint` says how large the file should be, for the message when it is
 /// larger than `max`.

@@ -73,7 +73,7 @@ pub(crate) fn listener(
     let client_ca_pem = c
         .client_ca_file
         .as_ref()
-        .map(|f| idp::ca_bundle(f, &path.key("client_ca_file"), dir, r));
+        .map(|f| idp::client_ca_bundle(f, &path.key("client_ca_file"), dir, r));
     let acme = c.acme.as_ref().map(|a| acme(a, &path.key("acme"), dir, r));
     if r.issues.len() != before {
         return None;

@@ -307,9 +307,6 @@ fn upstream_tls_problems_exactly() {
 }
 
 #[test]
-#[ignore = "BUG: a listener's client_ca_file that holds no certificate is explained as \
-            holding \"the CAs that sign the server's certificate\" (weir-config pem.rs, shared \
-            with upstream ca_file); a client CA signs the clients' certificates"]
 fn a_client_ca_file_without_certificates_is_explained_as_a_client_ca() {
     let d = dir("client-ca");
     pair(&d, "a", "a.test");
