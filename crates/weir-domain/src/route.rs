@@ -86,13 +86,14 @@ impl PathPattern {
         }))
     }
 
-    /// True when a normalized path falls under this prefix.
+    /// True when a normalized path falls under this prefix. A `;` ends a segment's name as
+    /// a `/` does (`/v2;jsessionid=1` is under `/v2`), as the route table reads it.
     #[must_use]
     pub fn prefix_matches(prefix: &str, path: &str) -> bool {
         prefix == "/"
-            || path
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            || path.strip_prefix(prefix).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('/') || rest.starts_with(';')
+            })
     }
 
     /// A short kind name for explain output.
@@ -521,7 +522,12 @@ impl PathTransform {
             && prefix != "/"
             && PathPattern::prefix_matches(prefix, &out)
         {
-            out = out[prefix.len()..].to_owned();
+            let mut rest = &out[prefix.len()..];
+            if rest.starts_with(';') {
+                // The parameters belong to the stripped segment.
+                rest = rest.find('/').map_or("", |at| &rest[at..]);
+            }
+            out = rest.to_owned();
             if !out.starts_with('/') {
                 out.insert(0, '/');
             }
@@ -610,6 +616,9 @@ mod tests {
         assert!(PathPattern::prefix_matches("/v2", "/v2/x"));
         assert!(!PathPattern::prefix_matches("/v2", "/v20"));
         assert!(PathPattern::prefix_matches("/", "/anything"));
+        assert!(PathPattern::prefix_matches("/v2", "/v2;x=1"));
+        assert!(PathPattern::prefix_matches("/v2", "/v2;x=1/y"));
+        assert!(!PathPattern::prefix_matches("/v2", "/v2x;y"));
     }
 
     #[test]
@@ -623,6 +632,9 @@ mod tests {
             add_prefix: Some("/internal".into()),
         };
         assert_eq!(t.apply("/v2/orders/5"), "/internal/o/5");
+        // A stripped segment takes its parameters with it.
+        assert_eq!(t.apply("/v2;jsessionid=1/orders/5"), "/internal/o/5");
+        assert_eq!(t.apply("/v2;x"), "/internal");
         let params = PathTransform {
             rewrite: Some(Rewrite::new(
                 Regex::new(r"^/u/(?<rest>.*)$").unwrap(),
