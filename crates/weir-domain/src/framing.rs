@@ -155,9 +155,18 @@ impl Framing {
                         self.extend_line(bytes);
                         return;
                     };
-                    self.extend_line(&bytes[..end]);
+                    if self.line_len == 0 {
+                        // The whole line is in this read (the usual case): read it in place.
+                        let line = &bytes[..end];
+                        let last = line.last().copied().unwrap_or(0);
+                        self.end_line(&line[..end.min(KEEP)], end, last);
+                    } else {
+                        self.extend_line(&bytes[..end]);
+                        let kept = self.line;
+                        let len = self.line_len;
+                        self.end_line(&kept[..len.min(KEEP)], len, self.last);
+                    }
                     bytes = &bytes[end + 1..];
-                    self.end_line();
                     self.line_len = 0;
                     self.last = 0;
                 }
@@ -175,17 +184,18 @@ impl Framing {
         }
     }
 
-    /// The line just ended with LF: `self.line` holds its start, CR included.
-    fn end_line(&mut self) {
-        if self.last != b'\r' {
+    /// The line just ended with LF: `start` is its first bytes (up to [`KEEP`], CR
+    /// included), `line_len` its length and `last` its last byte.
+    fn end_line(&mut self, start: &[u8], line_len: usize, last: u8) {
+        if last != b'\r' {
             match self.state {
                 State::Head { .. } | State::Trailers => self.refuse_head(Ambiguity::BareLf),
                 _ => self.refuse_current(Ambiguity::BadChunk),
             }
             return;
         }
-        let len = self.line_len - 1;
-        let kept = &self.line[..len.min(KEEP)];
+        let len = line_len - 1;
+        let kept = &start[..len.min(start.len())];
         match self.state {
             State::Head { first: true } => {
                 // Empty lines before a request line are allowed (RFC 9112 §2.2).
@@ -202,7 +212,7 @@ impl Framing {
                 if len == 0 {
                     self.end_head();
                 } else {
-                    self.header_line(len);
+                    self.header_line(kept, len);
                 }
             }
             State::ChunkSize => match chunk_size(kept) {
@@ -215,8 +225,11 @@ impl Framing {
         }
     }
 
-    fn header_line(&mut self, len: usize) {
-        let kept = &self.line[..len.min(KEEP)];
+    fn header_line(&mut self, kept: &[u8], len: usize) {
+        // Most lines name none of the three fields: one byte tells.
+        if !matches!(kept.first(), Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U')) {
+            return;
+        }
         let Some(colon) = kept.iter().position(|&b| b == b':') else {
             return;
         };

@@ -38,9 +38,6 @@ pub struct Activity {
     /// Set (and `abuse` notified) once cancellations pass [`CANCEL_BUDGET`].
     abusive: AtomicBool,
     abuse: tokio::sync::Notify,
-    /// Wakes the watchdog when a request head starts: it may be sleeping toward the far
-    /// idle deadline, and the head's deadline is nearer.
-    head_started: tokio::sync::Notify,
 }
 
 /// Cancelled requests a connection may have before it is closed, if it has also had more
@@ -89,7 +86,6 @@ impl Default for Activity {
             answered: AtomicU32::new(0),
             abusive: AtomicBool::new(false),
             abuse: tokio::sync::Notify::new(),
-            head_started: tokio::sync::Notify::new(),
         }
     }
 }
@@ -139,7 +135,6 @@ impl Activity {
             && self.head_since.load(Ordering::Relaxed) == 0
         {
             self.head_since.store(now_ms(), Ordering::Relaxed);
-            self.head_started.notify_one();
         }
     }
 
@@ -150,6 +145,10 @@ impl Activity {
     }
 
     /// Resolves when the connection should be closed for slowness or idleness.
+    ///
+    /// It never sleeps longer than the header timeout: a request head may start while it
+    /// sleeps toward a farther deadline, and is noticed at the next wake. Waking it for every
+    /// head instead would cost a task wake and a timer per request.
     pub async fn watchdog(&self, header_timeout: Duration, idle_timeout: Duration) {
         let header_ms = u64::try_from(header_timeout.as_millis()).unwrap_or(u64::MAX);
         let idle_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -158,7 +157,7 @@ impl Activity {
             let head = self.head_since.load(Ordering::Relaxed);
             let deadline = if self.in_flight.load(Ordering::Relaxed) > 0 {
                 // Requests in flight are bounded by upstream and body timeouts, not here.
-                now.saturating_add(idle_ms)
+                u64::MAX
             } else if head != 0 && !self.multiplexed.load(Ordering::Relaxed) {
                 head.saturating_add(header_ms)
             } else {
@@ -169,10 +168,8 @@ impl Activity {
             if now >= deadline {
                 return;
             }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
-                () = self.head_started.notified() => {}
-            }
+            let wake = deadline.min(now.saturating_add(header_ms.max(1)));
+            tokio::time::sleep(Duration::from_millis(wake - now)).await;
         }
     }
 }
