@@ -139,7 +139,7 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> Option<Wire> {
     let rest = &all[head_end + 4..];
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let (body, used) = if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        dechunk(rest).expect("a complete chunked body")
+        crate::common::decode_chunked(rest).expect("a complete chunked body")
     } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
         assert!(rest.len() >= len, "body shorter than its Content-Length");
         (rest[..len].to_vec(), len)
@@ -153,23 +153,6 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> Option<Wire> {
         body,
         after: rest[used..].to_vec(),
     })
-}
-
-fn dechunk(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let mut pos = 0;
-    let mut body = Vec::new();
-    loop {
-        let line_end = pos + find(&buf[pos..], b"\r\n")?;
-        let size_text = std::str::from_utf8(&buf[pos..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        pos = line_end + 2;
-        if size == 0 {
-            let end = pos + find(&buf[pos..], b"\r\n")?;
-            return Some((body, end + 2));
-        }
-        body.extend_from_slice(buf.get(pos..pos + size)?);
-        pos += size + 2;
-    }
 }
 
 /// `GET target` with `Host: test.local`, the given extra header lines and `Connection: close`.

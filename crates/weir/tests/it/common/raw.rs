@@ -120,7 +120,7 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<
 }
 
 /// A complete chunked body at the start of `buf`: the body and the bytes it used.
-fn decode_chunked(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+pub fn decode_chunked(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
     let mut pos = 0;
     let mut body = Vec::new();
     loop {
