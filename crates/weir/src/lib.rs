@@ -30,6 +30,7 @@ pub mod start;
 pub mod tls;
 pub mod trace;
 pub mod transcode;
+pub mod tunnel;
 pub mod upstream_view;
 
 pub use start::{Running, StartError, start};

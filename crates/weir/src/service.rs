@@ -97,7 +97,12 @@ pub async fn handle(
                 }
                 (switching, client) => {
                     if let Some(client) = client.filter(|_| switching) {
-                        tunnel(client, hyper::upgrade::on(&mut resp), Arc::clone(slot));
+                        crate::tunnel::spawn(
+                            client,
+                            hyper::upgrade::on(&mut resp),
+                            Arc::clone(slot),
+                            snapshot.settings.limits.idle_timeout,
+                        );
                     }
                     remove_hop_by_hop(resp.headers_mut(), switching);
                     snapshot
@@ -216,28 +221,4 @@ fn reply(prebuilt: Option<&crate::snapshot::StaticReply>) -> Response<Body> {
         }
         None => Response::new(Body::empty()),
     }
-}
-
-/// Splices the two upgraded connections together until either side closes.
-/// The tunnel holds the connection's slot: it stays counted under `max_connections`.
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    slot: Arc<ConnSlot>,
-) {
-    tokio::spawn(async move {
-        let _slot = slot;
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "protocol upgrade failed");
-                return;
-            }
-        };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
-        }
-    });
 }

@@ -341,3 +341,56 @@ async fn a_websocket_tunnel_keeps_its_connection_slot() {
     assert!(resp.is_some());
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_tunnel_is_closed_at_idle_timeout_and_frees_its_slot() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = crate::common::WsBackend::start().await;
+    let gw = start(&format!(
+        r#"
+        limits: {{ max_connections: 1, idle_timeout: 1s }}
+        upstreams:
+          ws:
+            targets: [{{ url: "{}" }}]
+        routes:
+          - name: ws
+            match: {{ prefix: / }}
+            upstream: ws
+        "#,
+        backend.url()
+    ))
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .unwrap();
+    // Traffic keeps it open past the idle timeout.
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        ws.send(Message::text(format!("{i}"))).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("echo: {i}"))
+        );
+    }
+    // Silence for longer than idle_timeout ends it.
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(DEADLINE, ws.next()).await.expect("closed");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "a message instead of the close: {end:?}"
+    );
+    println!("idle tunnel closed after {:?}", started.elapsed());
+    // The slot is free again.
+    let mut other = TcpStream::connect(gw.addr).await.unwrap();
+    other
+        .write_all(b"GET /x HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let resp = tokio::time::timeout(DEADLINE, read_response(&mut other, &mut buf))
+        .await
+        .expect("served once the idle tunnel closed");
+    assert!(resp.is_some());
+    gw.stop().await;
+}
