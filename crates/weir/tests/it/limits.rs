@@ -375,7 +375,9 @@ async fn an_idle_websocket_tunnel_is_closed_at_idle_timeout_and_frees_its_slot()
     }
     // Silence for longer than idle_timeout ends it.
     let started = std::time::Instant::now();
-    let end = tokio::time::timeout(DEADLINE, ws.next()).await.expect("closed");
+    let end = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("closed");
     assert!(
         !matches!(end, Some(Ok(Message::Text(_)))),
         "a message instead of the close: {end:?}"
