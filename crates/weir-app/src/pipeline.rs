@@ -502,13 +502,16 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         let mut credential = None;
         if let Some(auth) = &route.access.auth {
             let started = phase_start(ex);
-            let authenticated = access::authenticate(
+            // Boxed, as the rate-limit and cache steps below: each is kilobytes of future
+            // state that every request (most take none of these steps) would otherwise carry
+            // and move; a step taken pays one allocation instead.
+            let authenticated = Box::pin(access::authenticate(
                 auth,
                 &self.providers,
                 &self.authenticator,
                 req.headers(),
                 req.uri().query(),
-            )
+            ))
             .await;
             phase_end(ex, started, |p| &mut p.auth);
             let authenticated = authenticated.map_err(|f| {
@@ -528,9 +531,8 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
             };
             let mut admission = Admission::default();
             let started = phase_start(ex);
-            let admitted = route_limits
-                .admit(&caller, &self.shared_limiter, &mut admission)
-                .await;
+            let admitted =
+                Box::pin(route_limits.admit(&caller, &self.shared_limiter, &mut admission)).await;
             phase_end(ex, started, |p| &mut p.rate_limit);
             ex.rate = admission.info;
             ex.rate_overflow = admission.overflowed;
@@ -594,8 +596,15 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
                 );
                 let request = (req.method(), req.uri(), req.headers());
                 let started = phase_start(ex);
-                let looked =
-                    cached::look(&self.cache, &self.flights, spec, key, request, timeout).await;
+                let looked = Box::pin(cached::look(
+                    &self.cache,
+                    &self.flights,
+                    spec,
+                    key,
+                    request,
+                    timeout,
+                ))
+                .await;
                 phase_end(ex, started, |p| &mut p.cache);
                 match looked {
                     Looked::Answer(reply) => {
@@ -755,7 +764,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
                 let Some(f) = flow else {
                     return Ok(Outcome::Proxied(resp, in_flight));
                 };
-                return match f.store(&self.cache, resp, timeout).await {
+                return match Box::pin(f.store(&self.cache, resp, timeout)).await {
                     Stored::Reply(reply, result) => {
                         ex.cache = Some(result);
                         Ok(Outcome::Cached(*reply))
@@ -845,7 +854,7 @@ impl<F: Connector, A: Authenticator, S: SharedLimiter, C: ResponseCache> Gateway
         if let Ok((resp, _in_flight)) =
             tries::send(&dest, &mut out, r.hash, r.timeout, retry, &mut ex).await
         {
-            let _ = r.flow.store(&self.cache, resp, r.timeout).await;
+            let _ = Box::pin(r.flow.store(&self.cache, resp, r.timeout)).await;
         }
     }
 

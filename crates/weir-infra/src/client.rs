@@ -241,7 +241,9 @@ impl UpstreamClient {
                 },
             }
         }
-        let mut sender = self.connect_h1(pool).await?;
+        // Boxed: connecting (TCP, TLS, handshake) is kilobytes of future state that a request
+        // on a pooled connection, the usual case, would otherwise carry and move.
+        let mut sender = Box::pin(self.connect_h1(pool)).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(pooled(pool, sender, resp)),
             Err(e) => Err(ClientError::Exchange(e.into_error())),
@@ -275,13 +277,13 @@ impl UpstreamClient {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let s = self.connect_h2(pool).await?;
+                let s = Box::pin(self.connect_h2(pool)).await?;
                 *lock(&pool.h2) = Some(s.clone());
                 s
             }
         };
         if sender.ready().await.is_err() {
-            sender = self.connect_h2(pool).await?;
+            sender = Box::pin(self.connect_h2(pool)).await?;
             *lock(&pool.h2) = Some(sender.clone());
         }
         let resp = sender
